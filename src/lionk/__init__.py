@@ -1,0 +1,25 @@
+"""lionk: the Lion-K optimizer family for PyTorch."""
+
+from . import kernels
+from .functional import lion
+from .kernels import Huber, Kernel, LInf, LpNorm, Nuclear, Power, Quadratic, Relativistic, Sign, Tanh, get_kernel
+from .optimizer import Lion
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Lion",
+    "lion",
+    "kernels",
+    "Kernel",
+    "get_kernel",
+    "Sign",
+    "LpNorm",
+    "Power",
+    "Quadratic",
+    "Huber",
+    "Relativistic",
+    "Tanh",
+    "LInf",
+    "Nuclear",
+]

@@ -1,0 +1,7 @@
+"""Execution paths of one Lion-K step. Each updates params and momenta in place and shares one signature:
+
+    path(params, grads, exp_avgs, *, lr, beta1, beta2, weight_decay, kernel, maximize, nonfinite)
+
+``reference`` is the plain per-tensor loop written from the formula: the ground truth every other path
+is tested against.
+"""

@@ -1,0 +1,73 @@
+"""The foreach path: the reference formula with ``torch._foreach_*`` ops over lists of tensors.
+
+Tensors are grouped by (device, dtype) and each group is processed with multi-tensor ops, which on
+CUDA launch one kernel for many tensors. The operations and their order are those of the reference
+path, so the results are bitwise identical to it (the tests check this in float64). On CPU torch runs
+foreach ops as a per-tensor loop, so this path is no faster there.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import Tensor
+
+from ..kernels import Kernel
+from .reference import as_real, opmath_dtype
+
+
+def _group_by_device_and_dtype(*lists: list[Tensor]) -> dict[tuple, tuple[list[Tensor], ...]]:
+    groups: dict[tuple, tuple[list[Tensor], ...]] = defaultdict(lambda: tuple([] for _ in lists))
+    for items in zip(*lists):
+        key = (items[0].device, items[0].dtype)
+        for bucket, item in zip(groups[key], items):
+            bucket.append(item)
+    return groups
+
+
+def lion_foreach(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    kernel: Kernel,
+    maximize: bool,
+    nonfinite: str,
+) -> None:
+    skip = nonfinite == "skip"
+    for ps_store, gs_in, ms_store in _group_by_device_and_dtype(params, grads, exp_avgs).values():
+        ps_store = [as_real(t) for t in ps_store]
+        ms_store = [as_real(t) for t in ms_store]
+        gs = [as_real(t) for t in gs_in]
+        opmath = opmath_dtype(ps_store[0].dtype)
+        upcast = ps_store[0].dtype != opmath
+        ps = [t.to(opmath) for t in ps_store] if upcast else ps_store
+        ms = [t.to(opmath) for t in ms_store] if upcast else ms_store
+        if gs[0].dtype != opmath:
+            gs = [t.to(opmath) for t in gs]
+        if maximize:
+            gs = torch._foreach_neg(gs)
+        if skip:
+            bads = [~torch.isfinite(g) for g in gs]
+            gs = [torch.where(bad, m, g) for bad, m, g in zip(bads, ms, gs)]
+
+        cs = torch._foreach_mul(ms, beta1)
+        torch._foreach_add_(cs, torch._foreach_mul(gs, 1 - beta1))
+        us = kernel.foreach_direction(cs)
+        torch._foreach_add_(us, torch._foreach_sub(cs, cs))  # NaN where c is not finite
+        torch._foreach_mul_(us, lr)
+
+        new_ps = torch._foreach_mul(ps, 1 - lr * weight_decay)
+        torch._foreach_sub_(new_ps, us)
+        new_ms = torch._foreach_mul(ms, beta2)
+        torch._foreach_add_(new_ms, torch._foreach_mul(gs, 1 - beta2))
+        if skip:
+            new_ps = [torch.where(bad, p, q) for bad, p, q in zip(bads, ps, new_ps)]
+            new_ms = [torch.where(bad, m, q) for bad, m, q in zip(bads, ms, new_ms)]
+        torch._foreach_copy_(ps_store, new_ps)
+        torch._foreach_copy_(ms_store, new_ms)

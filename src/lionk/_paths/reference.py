@@ -1,0 +1,70 @@
+r"""The reference path: a plain loop over tensors, written from the formula (the ground truth).
+
+For each tensor, in ``opmath`` precision (float64 for float64 tensors, float32 otherwise):
+
+.. math::
+    g \leftarrow -g \text{ if maximize}, \quad
+    c = \beta_1 m + (1-\beta_1) g, \quad
+    u = \nabla K(c), \quad
+    p \leftarrow p (1 - \eta\lambda) - \eta u, \quad
+    m \leftarrow \beta_2 m + (1-\beta_2) g
+
+Non-finite gradients: ``u`` is made NaN wherever ``c`` is not finite (``u + (c - c)``), so a NaN or
+inf gradient reaches the weight as it does with AdamW instead of being zeroed by ``sign``. With
+``nonfinite="skip"`` the entries whose gradient is not finite keep their weight and momentum: their
+gradient is replaced by the momentum when forming ``c`` and their results are masked out.
+Complex tensors are updated as pairs of reals (``torch.view_as_real``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..kernels import Kernel
+
+
+def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision the arithmetic runs in: float64 stays float64, every other float type uses float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def as_real(t: Tensor) -> Tensor:
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def lion_reference(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    kernel: Kernel,
+    maximize: bool,
+    nonfinite: str,
+) -> None:
+    skip = nonfinite == "skip"
+    for param, grad, exp_avg in zip(params, grads, exp_avgs):
+        p_store, m_store = as_real(param), as_real(exp_avg)
+        opmath = opmath_dtype(p_store.dtype)
+        p = p_store.to(opmath)
+        m = m_store.to(opmath)
+        g = as_real(grad).to(opmath)
+        if maximize:
+            g = -g
+        if skip:
+            bad = ~torch.isfinite(g)
+            g = torch.where(bad, m, g)
+        c = m * beta1 + g * (1 - beta1)
+        u = kernel.direction(c)
+        u = u + (c - c)  # c - c is 0 where c is finite, NaN where it is not
+        new_p = p * (1 - lr * weight_decay) - u * lr
+        new_m = m * beta2 + g * (1 - beta2)
+        if skip:
+            new_p = torch.where(bad, p, new_p)
+            new_m = torch.where(bad, m, new_m)
+        p_store.copy_(new_p)
+        m_store.copy_(new_m)

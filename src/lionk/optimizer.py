@@ -1,0 +1,174 @@
+r"""``lionk.Lion``: Lion-K as a ``torch.optim.Optimizer``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .functional import NONFINITE_MODES, lion
+from .kernels import Kernel, get_kernel, kernel_spec
+
+__all__ = ["Lion"]
+
+_FLAG_DEFAULTS: dict[str, Any] = {"kernel": "sign", "maximize": False, "nonfinite": "propagate", "foreach": None}
+
+
+def _where(index: int | None) -> str:
+    return "" if index is None else f" in param group {index}"
+
+
+def validate_hyperparameters(group: dict[str, Any], index: int | None = None) -> None:
+    """Raise ValueError naming the first invalid value of a param group (or of the defaults)."""
+    where = _where(index)
+    lr = group["lr"]
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"Tensor lr must be 1-element{where}, got shape {tuple(lr.shape)}")
+        lr_value = lr.item()
+    else:
+        lr_value = lr
+    if isinstance(lr_value, bool) or not isinstance(lr_value, (int, float)) or not (math.isfinite(lr_value) and lr_value >= 0):
+        raise ValueError(f"Invalid learning rate{where}: {lr_value!r} (must be a finite number >= 0)")
+    betas = group["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"Invalid betas{where}: {betas!r} (must be a pair (beta1, beta2))")
+    for i, beta in enumerate(betas):
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}{where}: {beta!r} (must be in [0, 1))")
+    wd = group["weight_decay"]
+    if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not (math.isfinite(wd) and wd >= 0):
+        raise ValueError(f"Invalid weight_decay{where}: {wd!r} (must be a finite number >= 0)")
+    if group["nonfinite"] not in NONFINITE_MODES:
+        raise ValueError(f"Invalid nonfinite{where}: {group['nonfinite']!r} (must be one of {NONFINITE_MODES})")
+    for flag in ("maximize",):
+        if not isinstance(group[flag], bool):
+            raise ValueError(f"Invalid {flag}{where}: {group[flag]!r} (must be True or False)")
+    if group["foreach"] not in (None, True, False):
+        raise ValueError(f"Invalid foreach{where}: {group['foreach']!r} (must be None, True or False)")
+
+
+class Lion(torch.optim.Optimizer):
+    r"""Lion (Chen et al., 2023) and its Lion-K family (Chen, Liu, Liang, Liu, 2024).
+
+    For each parameter :math:`x` with gradient :math:`g` and momentum :math:`m` (``state["exp_avg"]``):
+
+    .. math::
+        c &= \beta_1 m + (1-\beta_1)\, g \\
+        x &\leftarrow x\,(1 - \eta\lambda) - \eta\, \nabla K(c) \\
+        m &\leftarrow \beta_2 m + (1-\beta_2)\, g
+
+    With ``kernel="sign"`` (:math:`K = \|\cdot\|_1`, :math:`\nabla K = \mathrm{sign}`, sign(0) = 0) this
+    is Program 1 of the Lion paper. Weight decay is decoupled and its per-step strength is
+    :math:`\eta\lambda` (``lr * weight_decay``), the paper's convention, as in optax, timm and keras.
+    With a decaying lr, Lion-K minimises :math:`f(x) + \frac{1}{\lambda}K^*(\lambda x)`; for sign that
+    is :math:`f` under the constraint :math:`\|x\|_\infty \le 1/\lambda`.
+
+    Args:
+        params: parameters or param groups (dicts), as for any torch optimizer.
+        lr: learning rate :math:`\eta` (a float or a 1-element tensor), >= 0. Lion's is typically 3-10x
+            smaller than AdamW's.
+        betas: :math:`(\beta_1, \beta_2)`, each in [0, 1). The authors suggest (0.95, 0.98) for stability.
+        weight_decay: decoupled weight decay :math:`\lambda` >= 0; typically 3-10x AdamW's so that
+            ``lr * weight_decay`` is kept.
+        kernel: the K of Lion-K: a name from :func:`lionk.kernels.kernel_names` (optionally with
+            arguments, e.g. ``"lp(p=1.5)"``) or a :class:`lionk.kernels.Kernel`.
+        maximize: maximise the objective instead (the gradient is negated).
+        nonfinite: ``"propagate"`` (default): a NaN/inf gradient entry makes its update NaN, as with
+            AdamW, instead of being silently zeroed by sign; ``"skip"``: entries whose gradient is not
+            finite keep their weight and momentum unchanged for that step.
+        foreach: use the multi-tensor path; ``None`` picks it for CUDA tensors.
+
+    Every argument is per param group. The state per parameter is the momentum ``exp_avg`` in the
+    parameter's dtype and layout, so checkpoints of lion-pytorch and timm load and continue unchanged.
+    Complex parameters are updated as pairs of reals. Float16/bfloat16 parameters are updated with
+    float32 arithmetic and rounded back to their dtype.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        *,
+        kernel: str | Kernel = "sign",
+        maximize: bool = False,
+        nonfinite: str = "propagate",
+        foreach: bool | None = None,
+    ):
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas) if isinstance(betas, list) else betas,
+            weight_decay=weight_decay,
+            kernel=kernel,
+            maximize=maximize,
+            nonfinite=nonfinite,
+            foreach=foreach,
+        )
+        validate_hyperparameters(defaults)
+        defaults["kernel"] = kernel_spec(kernel)
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group, validating its hyperparameters and its kernel against its parameters."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        index = len(self.param_groups) - 1
+        try:
+            validate_hyperparameters(group, index)
+            try:
+                group["kernel"] = kernel_spec(group["kernel"])
+                kernel = get_kernel(group["kernel"])
+                for p in group["params"]:
+                    kernel.check_param(p)
+            except ValueError as err:
+                raise ValueError(f"{err}{_where(index)}") from None
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for flag, default in _FLAG_DEFAULTS.items():
+                group.setdefault(flag, default)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one optimisation step; ``closure`` re-evaluates the model and returns the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, exp_avgs = [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("Lion does not support sparse gradients")
+                state = self.state[p]
+                if len(state) == 0:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                params.append(p)
+                grads.append(p.grad)
+                exp_avgs.append(state["exp_avg"])
+            beta1, beta2 = group["betas"]
+            lion(
+                params,
+                grads,
+                exp_avgs,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=group["weight_decay"],
+                kernel=group["kernel"],
+                maximize=group["maximize"],
+                nonfinite=group["nonfinite"],
+                foreach=group["foreach"],
+            )
+        return loss
