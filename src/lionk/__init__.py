@@ -1,7 +1,7 @@
 """lionk: the Lion-K optimizer family for PyTorch."""
 
 from . import kernels
-from .functional import lion
+from .functional import fused_unavailable_reason, lion
 from .kernels import Huber, Kernel, LInf, LpNorm, Nuclear, Power, Quadratic, Relativistic, Sign, Tanh, get_kernel
 from .optimizer import Lion
 
@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Lion",
     "lion",
+    "fused_unavailable_reason",
     "kernels",
     "Kernel",
     "get_kernel",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._paths import cpu_fused
 from ._paths.foreach import lion_foreach
 from ._paths.reference import lion_reference
 from .kernels import Kernel, get_kernel
@@ -25,6 +26,24 @@ NONFINITE_MODES = ("propagate", "skip")
 def default_foreach(params: list[Tensor]) -> bool:
     """torch.optim's rule: foreach when every tensor is a plain CUDA tensor (on CPU it is no faster)."""
     return bool(params) and all(type(p) is torch.Tensor and p.is_cuda for p in params)
+
+
+def fused_unavailable_reason(kernel: str | Kernel = "sign", device: str | torch.device = "cpu") -> str | None:
+    """None when the fused path can run ``kernel`` on ``device``, else a one-line reason why not."""
+    k, device = get_kernel(kernel), torch.device(device)
+    if device.type != "cpu":
+        return f"no fused path for {device.type} tensors yet (the foreach path is used)"
+    if not cpu_fused.supports_kernel(k):
+        return f"kernel {k.spec!r} is taken over the whole tensor; the fused path runs the elementwise kernels only"
+    return cpu_fused.unavailable_reason()
+
+
+def _fusable(params: list[Tensor], kernel: Kernel) -> bool:
+    return (
+        cpu_fused.supports_kernel(kernel)
+        and all(type(p) in (torch.Tensor, torch.nn.Parameter) and p.device.type == "cpu" for p in params)
+        and cpu_fused.unavailable_reason() is None
+    )
 
 
 def lion(
@@ -40,20 +59,35 @@ def lion(
     maximize: bool = False,
     nonfinite: str = "propagate",
     foreach: bool | None = None,
+    fused: bool | None = None,
 ) -> None:
     """Apply one Lion-K step in place to ``params`` and their momenta ``exp_avgs``.
 
-    ``foreach=None`` picks the foreach path for CUDA tensors and the per-tensor loop otherwise.
+    Paths: ``fused`` (one pass in C over many tensors; CPU, elementwise kernels), ``foreach``
+    (multi-tensor torch ops) and the per-tensor reference loop. ``fused=None`` picks the fused path
+    where it runs (not while torch.compile traces the step: inductor fuses the reference ops itself),
+    then foreach for CUDA tensors, else the loop. ``fused=True`` raises RuntimeError where it cannot run.
     """
     if not len(params) == len(grads) == len(exp_avgs):
         raise ValueError(f"params, grads and exp_avgs must have the same length, got {len(params)}, {len(grads)}, {len(exp_avgs)}")
     if nonfinite not in NONFINITE_MODES:
         raise ValueError(f"Invalid nonfinite: {nonfinite!r} (must be one of {NONFINITE_MODES})")
+    if fused and foreach:
+        raise ValueError("fused=True and foreach=True cannot be used together")
     if not params:
         return
-    if foreach is None:
-        foreach = default_foreach(params)
-    path = lion_foreach if foreach else lion_reference
+    k = get_kernel(kernel)
+    if fused:
+        reason = fused_unavailable_reason(k, params[0].device)
+        if reason is not None:
+            raise RuntimeError(f"fused=True cannot run here: {reason}")
+        path = cpu_fused.lion_cpu_fused
+    elif fused is None and not foreach and not torch.compiler.is_compiling() and _fusable(params, k):
+        path = cpu_fused.lion_cpu_fused
+    elif foreach or (foreach is None and default_foreach(params)):
+        path = lion_foreach
+    else:
+        path = lion_reference
     path(
         params,
         grads,
@@ -62,7 +96,7 @@ def lion(
         beta1=beta1,
         beta2=beta2,
         weight_decay=weight_decay,
-        kernel=get_kernel(kernel),
+        kernel=k,
         maximize=maximize,
         nonfinite=nonfinite,
     )

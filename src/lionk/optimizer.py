@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .functional import NONFINITE_MODES, lion
+from .functional import NONFINITE_MODES, fused_unavailable_reason, lion
 from .kernels import Kernel, get_kernel, kernel_spec
 
 __all__ = ["Lion"]
 
-_FLAG_DEFAULTS: dict[str, Any] = {"kernel": "sign", "maximize": False, "nonfinite": "propagate", "foreach": None}
+_FLAG_DEFAULTS: dict[str, Any] = {"kernel": "sign", "maximize": False, "nonfinite": "propagate", "foreach": None, "fused": None}
 
 
 def _where(index: int | None) -> str:
@@ -47,8 +47,11 @@ def validate_hyperparameters(group: dict[str, Any], index: int | None = None) ->
     for flag in ("maximize",):
         if not isinstance(group[flag], bool):
             raise ValueError(f"Invalid {flag}{where}: {group[flag]!r} (must be True or False)")
-    if group["foreach"] not in (None, True, False):
-        raise ValueError(f"Invalid foreach{where}: {group['foreach']!r} (must be None, True or False)")
+    for flag in ("foreach", "fused"):
+        if group[flag] not in (None, True, False):
+            raise ValueError(f"Invalid {flag}{where}: {group[flag]!r} (must be None, True or False)")
+    if group["foreach"] and group["fused"]:
+        raise ValueError(f"foreach=True and fused=True cannot be used together{where}")
 
 
 class Lion(torch.optim.Optimizer):
@@ -80,7 +83,10 @@ class Lion(torch.optim.Optimizer):
         nonfinite: ``"propagate"`` (default): a NaN/inf gradient entry makes its update NaN, as with
             AdamW, instead of being silently zeroed by sign; ``"skip"``: entries whose gradient is not
             finite keep their weight and momentum unchanged for that step.
-        foreach: use the multi-tensor path; ``None`` picks it for CUDA tensors.
+        foreach: use the multi-tensor ``torch._foreach_*`` path; ``None`` picks it for CUDA tensors.
+        fused: use the fused path (one pass over memory, many tensors per call; CPU, elementwise kernels);
+            ``None`` picks it wherever it can run, ``True`` raises RuntimeError where it cannot
+            (:func:`lionk.fused_unavailable_reason` says why).
 
     Every argument is per param group. The state per parameter is the momentum ``exp_avg`` in the
     parameter's dtype and layout, so checkpoints of lion-pytorch and timm load and continue unchanged.
@@ -99,6 +105,7 @@ class Lion(torch.optim.Optimizer):
         maximize: bool = False,
         nonfinite: str = "propagate",
         foreach: bool | None = None,
+        fused: bool | None = None,
     ):
         defaults = dict(
             lr=lr,
@@ -108,6 +115,7 @@ class Lion(torch.optim.Optimizer):
             maximize=maximize,
             nonfinite=nonfinite,
             foreach=foreach,
+            fused=fused,
         )
         validate_hyperparameters(defaults)
         defaults["kernel"] = kernel_spec(kernel)
@@ -125,9 +133,15 @@ class Lion(torch.optim.Optimizer):
                 kernel = get_kernel(group["kernel"])
                 for p in group["params"]:
                     kernel.check_param(p)
+                if group["fused"]:
+                    devices = {p.device for p in group["params"]} or {torch.device("cpu")}
+                    for device in devices:
+                        reason = fused_unavailable_reason(kernel, device)
+                        if reason is not None:
+                            raise RuntimeError(f"fused=True cannot run here: {reason}{_where(index)}")
             except ValueError as err:
                 raise ValueError(f"{err}{_where(index)}") from None
-        except ValueError:
+        except (ValueError, RuntimeError):
             self.param_groups.pop()
             raise
 
@@ -170,5 +184,6 @@ class Lion(torch.optim.Optimizer):
                 maximize=group["maximize"],
                 nonfinite=group["nonfinite"],
                 foreach=group["foreach"],
+                fused=group["fused"],
             )
         return loss

@@ -1,0 +1,5 @@
+import sys
+
+from lionk.cli import main
+
+sys.exit(main())
