@@ -60,6 +60,7 @@ def lion(
     nonfinite: str = "propagate",
     foreach: bool | None = None,
     fused: bool | None = None,
+    cautious: bool = False,
 ) -> None:
     """Apply one Lion-K step in place to ``params`` and their momenta ``exp_avgs``.
 
@@ -67,6 +68,8 @@ def lion(
     (multi-tensor torch ops) and the per-tensor reference loop. ``fused=None`` picks the fused path
     where it runs (not while torch.compile traces the step: inductor fuses the reference ops itself),
     then foreach for CUDA tensors, else the loop. ``fused=True`` raises RuntimeError where it cannot run.
+    ``cautious=True`` keeps only the entries of grad K(c) that agree in sign with g, rescaled by the
+    agreeing fraction of each tensor (see :mod:`lionk._paths.reference`).
     """
     if not len(params) == len(grads) == len(exp_avgs):
         raise ValueError(f"params, grads and exp_avgs must have the same length, got {len(params)}, {len(grads)}, {len(exp_avgs)}")
@@ -99,4 +102,5 @@ def lion(
         kernel=k,
         maximize=maximize,
         nonfinite=nonfinite,
+        cautious=cautious,
     )

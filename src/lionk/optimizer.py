@@ -14,7 +14,14 @@ from .kernels import Kernel, get_kernel, kernel_spec
 
 __all__ = ["Lion"]
 
-_FLAG_DEFAULTS: dict[str, Any] = {"kernel": "sign", "maximize": False, "nonfinite": "propagate", "foreach": None, "fused": None}
+_FLAG_DEFAULTS: dict[str, Any] = {
+    "kernel": "sign",
+    "maximize": False,
+    "nonfinite": "propagate",
+    "foreach": None,
+    "fused": None,
+    "cautious": False,
+}
 
 
 def _where(index: int | None) -> str:
@@ -44,7 +51,7 @@ def validate_hyperparameters(group: dict[str, Any], index: int | None = None) ->
         raise ValueError(f"Invalid weight_decay{where}: {wd!r} (must be a finite number >= 0)")
     if group["nonfinite"] not in NONFINITE_MODES:
         raise ValueError(f"Invalid nonfinite{where}: {group['nonfinite']!r} (must be one of {NONFINITE_MODES})")
-    for flag in ("maximize",):
+    for flag in ("maximize", "cautious"):
         if not isinstance(group[flag], bool):
             raise ValueError(f"Invalid {flag}{where}: {group[flag]!r} (must be True or False)")
     for flag in ("foreach", "fused"):
@@ -83,6 +90,9 @@ class Lion(torch.optim.Optimizer):
         nonfinite: ``"propagate"`` (default): a NaN/inf gradient entry makes its update NaN, as with
             AdamW, instead of being silently zeroed by sign; ``"skip"``: entries whose gradient is not
             finite keep their weight and momentum unchanged for that step.
+        cautious: Cautious Lion (Liang, Chen, Liu, Liu 2024): keep only the entries of the update that agree
+            in sign with the current gradient, rescaled by ``1 / max(agreeing fraction of the tensor, 1e-3)``;
+            decay still applies to every entry. Equal to plain Lion-K when every entry agrees.
         foreach: use the multi-tensor ``torch._foreach_*`` path; ``None`` picks it for CUDA tensors.
         fused: use the fused path (one pass over memory, many tensors per call; CPU, elementwise kernels);
             ``None`` picks it wherever it can run, ``True`` raises RuntimeError where it cannot
@@ -106,6 +116,7 @@ class Lion(torch.optim.Optimizer):
         nonfinite: str = "propagate",
         foreach: bool | None = None,
         fused: bool | None = None,
+        cautious: bool = False,
     ):
         defaults = dict(
             lr=lr,
@@ -116,6 +127,7 @@ class Lion(torch.optim.Optimizer):
             nonfinite=nonfinite,
             foreach=foreach,
             fused=fused,
+            cautious=cautious,
         )
         validate_hyperparameters(defaults)
         defaults["kernel"] = kernel_spec(kernel)
@@ -185,5 +197,6 @@ class Lion(torch.optim.Optimizer):
                 nonfinite=group["nonfinite"],
                 foreach=group["foreach"],
                 fused=group["fused"],
+                cautious=group["cautious"],
             )
         return loss

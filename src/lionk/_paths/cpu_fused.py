@@ -33,16 +33,11 @@ import torch
 from torch import Tensor
 
 from ..kernels import Huber, Kernel, Power, Quadratic, Relativistic, Sign, Tanh
-from .reference import as_real, lion_reference
+from .reference import CAUTIOUS_FLOOR, as_real, lion_reference
 
 _SOURCE = Path(__file__).with_name("lion_cpu.c")
 _FLAGS = ["-O3", "-march=native", "-std=gnu11", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared"]
-_FUNCTIONS = {
-    torch.float32: "lion_step_f32",
-    torch.float64: "lion_step_f64",
-    torch.bfloat16: "lion_step_bf16",
-    torch.float16: "lion_step_f16",
-}
+_SUFFIXES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
 _KERNEL_IDS: dict[type[Kernel], int] = {Sign: 0, Power: 1, Quadratic: 2, Huber: 3, Relativistic: 4, Tanh: 5}
 # Below this many elements in a step, one thread does all the work (thread hand-off costs ~20 us).
 _MIN_ELEMENTS_PER_THREAD = 1 << 15
@@ -106,10 +101,11 @@ def _load() -> ctypes.CDLL | None:
                 _unavailable = str(err)
                 return None
             p, i64, dbl, cint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
-            for name in _FUNCTIONS.values():
-                fn = getattr(lib, name)
-                fn.restype = None
-                fn.argtypes = [i64, p, p, p, p, i64, i64, cint, dbl, dbl, dbl, dbl, dbl, dbl, dbl, cint, cint]
+            for suffix in _SUFFIXES.values():
+                for name in ("lion_step_", "lion_agree_"):
+                    fn = getattr(lib, name + suffix)
+                    fn.restype = None
+                    fn.argtypes = [i64, p, p, p, p, i64, i64, cint, dbl, dbl, dbl, dbl, dbl, dbl, dbl, cint, cint, p]
             _library = lib
     return _library
 
@@ -137,14 +133,13 @@ def _shares_dense_layout(p: Tensor, g: Tensor, m: Tensor) -> bool:
     return p.is_contiguous() or p.is_contiguous(memory_format=torch.channels_last) or p.dim() == 0
 
 
-def _run_workers(fn, head: tuple, tail: tuple) -> None:
-    """Call ``fn(*head, worker, nworkers, *tail)`` once per thread, the calling thread taking worker 0."""
+def _run_workers(fn, head: tuple, tail: tuple, last: list, threads: int) -> None:
+    """Call ``fn(*head, worker, threads, *tail, last[worker])`` once per worker, the calling thread taking worker 0."""
     global _pool
-    threads = max(1, torch.get_num_threads())
     if threads > 1 and (_pool is None or _pool._max_workers != threads - 1):  # resized after torch.set_num_threads
         _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="lionk")
-    futures = [_pool.submit(fn, *head, w, threads, *tail) for w in range(1, threads)] if threads > 1 else []
-    fn(*head, 0, threads, *tail)
+    futures = [_pool.submit(fn, *head, w, threads, *tail, last[w]) for w in range(1, threads)]
+    fn(*head, 0, threads, *tail, last[0])
     for f in futures:
         f.result()
 
@@ -161,6 +156,7 @@ def lion_cpu_fused(
     kernel: Kernel,
     maximize: bool,
     nonfinite: str,
+    cautious: bool = False,
 ) -> None:
     lib = _load()
     if lib is None:
@@ -171,11 +167,13 @@ def lion_cpu_fused(
         )
     if isinstance(lr, Tensor):
         lr = lr.item()
-    scalars = dict(lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, kernel=kernel, maximize=maximize, nonfinite=nonfinite)
+    scalars = dict(
+        lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, kernel=kernel, maximize=maximize, nonfinite=nonfinite, cautious=cautious
+    )
     by_dtype: dict[torch.dtype, tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
     for param, grad, exp_avg in zip(params, grads, exp_avgs):
         p, g, m = as_real(param), as_real(grad), as_real(exp_avg)
-        if p.device.type != "cpu" or p.dtype not in _FUNCTIONS:
+        if p.device.type != "cpu" or p.dtype not in _SUFFIXES:
             raise RuntimeError(f"the fused CPU path needs CPU float tensors, got {p.dtype} on {p.device}")
         if not _shares_dense_layout(p, g, m):
             lion_reference([param], [grad], [exp_avg], **scalars)
@@ -190,10 +188,14 @@ def lion_cpu_fused(
         pointers = [(ctypes.c_void_p * n)(*[t.data_ptr() for t in ts]) for ts in (ps, gs, ms)]
         numels = (ctypes.c_int64 * n)(*[t.numel() for t in ps])
         total = sum(numels)
-        fn = getattr(lib, _FUNCTIONS[dtype])
+        suffix = _SUFFIXES[dtype]
         common = (kernel_id, kparam, lr, 1 - lr * weight_decay, beta1, 1 - beta1, beta2, 1 - beta2, int(maximize), int(nonfinite == "skip"))
         head = (n, *pointers, numels)
-        if total < 2 * _MIN_ELEMENTS_PER_THREAD:
-            fn(*head, 0, 1, *common)
-        else:
-            _run_workers(fn, head, common)
+        threads = 1 if total < 2 * _MIN_ELEMENTS_PER_THREAD else max(1, torch.get_num_threads())
+        denominators = None
+        if cautious:  # first pass: count the entries where the update agrees with the gradient
+            counts = [(ctypes.c_int64 * n)() for _ in range(threads)]
+            _run_workers(getattr(lib, "lion_agree_" + suffix), head, common, counts, threads)
+            agree = [sum(c[t] for c in counts) for t in range(n)]
+            denominators = (ctypes.c_double * n)(*[max(a / k, CAUTIOUS_FLOOR) for a, k in zip(agree, numels)])
+        _run_workers(getattr(lib, "lion_step_" + suffix), head, common, [denominators] * threads, threads)

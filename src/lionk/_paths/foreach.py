@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import Kernel
-from .reference import as_real, opmath_dtype
+from .reference import as_real, cautious_mask, opmath_dtype
 
 
 def _group_by_device_and_dtype(*lists: list[Tensor]) -> dict[tuple, tuple[list[Tensor], ...]]:
@@ -38,6 +38,7 @@ def lion_foreach(
     kernel: Kernel,
     maximize: bool,
     nonfinite: str,
+    cautious: bool = False,
 ) -> None:
     skip = nonfinite == "skip"
     for ps_store, gs_in, ms_store in _group_by_device_and_dtype(params, grads, exp_avgs).values():
@@ -59,6 +60,8 @@ def lion_foreach(
         cs = torch._foreach_mul(ms, beta1)
         torch._foreach_add_(cs, torch._foreach_mul(gs, 1 - beta1))
         us = kernel.foreach_direction(cs)
+        if cautious:
+            us = [cautious_mask(u, g) for u, g in zip(us, gs)]
         torch._foreach_add_(us, torch._foreach_sub(cs, cs))  # NaN where c is not finite
         torch._foreach_mul_(us, lr)
 

@@ -4,6 +4,8 @@
  * For each element, in opmath precision (float for float32/bfloat16/float16 storage, double for float64):
  *     g = maximize ? -g : g;  skip mode: g = m where g is not finite
  *     c = m*b1 + g*(1-b1);  u = gradK(c) + (c - c);   (c - c is NaN where c is not finite)
+ *     cautious: u = u * (u*g > 0) / max(count(u*g > 0)/numel, 1e-3)   (the scale per tensor comes from
+ *               a first pass, lion_agree_*, that counts the agreeing entries)
  *     p = p*(1 - lr*wd) - u*lr;  m = m*b2 + g*(1-b2);  skip mode: p, m unchanged where g was not finite
  * This is the reference path's formula op for op; built with -ffp-contract=off so that no multiply-add
  * is fused and each operation is rounded as torch rounds it.
@@ -39,52 +41,98 @@ static inline uint16_t bf16_store(float f) {  /* round to nearest even, as c10::
 
 #define SIGN(OT, c) ((OT)(((c) > 0) - ((c) < 0)))
 
-/* One segment loop for kernel expression KEXPR (of c, with parameter kp). */
-#define SEGMENT_LOOP(ST, OT, LOAD, STORE, KEXPR)                                   \
-    for (int64_t i = lo; i < hi; ++i) {                                           \
-        OT g = LOAD(gs[i]) * gsign;                                               \
-        OT m = LOAD(ms[i]);                                                       \
-        OT p = LOAD(ps[i]);                                                       \
-        int bad = skip && !isfinite(g);                                           \
-        if (bad) g = m;                                                           \
-        OT c = m * b1 + g * omb1;                                                 \
-        OT u = (KEXPR) + (c - c);                                                 \
-        OT np = p * decay - u * lr;                                               \
-        OT nm = m * b2 + g * omb2;                                                \
-        ps[i] = STORE(bad ? p : np);                                              \
-        ms[i] = STORE(bad ? m : nm);                                              \
+/* The direction grad K(c) of each elementwise kernel, with parameter kp. */
+#define DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX)                                  \
+    (kernel == K_SIGN           ? SIGN(OT, c)                                              \
+     : kernel == K_POWER        ? SIGN(OT, c) * POW(FABS(c), kp)                           \
+     : kernel == K_QUADRATIC    ? c                                                        \
+     : kernel == K_HUBER        ? FMIN(FMAX(c / kp, (OT)-1), (OT)1)                        \
+     : kernel == K_RELATIVISTIC ? c / HYPOT(c, kp)                                         \
+                                : TANH(c / kp))
+
+/* Loads one element and forms g (maximize, skip) and c. */
+#define LOAD_GC(OT, LOAD)                                                                  \
+    OT g = LOAD(gs[i]) * gsign;                                                            \
+    OT m = LOAD(ms[i]);                                                                    \
+    int bad = skip && !isfinite(g);                                                        \
+    if (bad) g = m;                                                                        \
+    OT c = m * b1 + g * omb1;
+
+/* Walks this worker's share [N*w/W, N*(w+1)/W) of the concatenated tensors: BODY sees t, lo, hi. */
+#define FOR_WORKER_SEGMENTS(BODY)                                                          \
+    int64_t total = 0;                                                                     \
+    for (int64_t t = 0; t < ntensors; ++t) total += numels[t];                             \
+    int64_t begin = (int64_t)((__int128)total * worker / nworkers);                        \
+    int64_t end = (int64_t)((__int128)total * (worker + 1) / nworkers);                    \
+    int64_t offset = 0;                                                                    \
+    for (int64_t t = 0; t < ntensors && offset < end; offset += numels[t], ++t) {          \
+        int64_t lo = begin > offset ? begin - offset : 0;                                  \
+        int64_t hi = end - offset < numels[t] ? end - offset : numels[t];                  \
+        if (lo >= hi) continue;                                                            \
+        BODY                                                                               \
     }
 
-#define DEFINE_STEP(NAME, ST, OT, LOAD, STORE, POW, FABS, HYPOT, TANH, FMIN, FMAX)                          \
-    void NAME(int64_t ntensors, void **pp, void **gp, void **mp, const int64_t *numels, int64_t worker,      \
-              int64_t nworkers, int kernel, double kparam_d, double lr_d, double decay_d, double b1_d,       \
-              double omb1_d, double b2_d, double omb2_d, int maximize, int skip) {                           \
-        const OT kp = (OT)kparam_d, lr = (OT)lr_d, decay = (OT)decay_d, b1 = (OT)b1_d, omb1 = (OT)omb1_d;   \
-        const OT b2 = (OT)b2_d, omb2 = (OT)omb2_d, gsign = maximize ? (OT)-1 : (OT)1;                       \
-        int64_t total = 0;                                                                                  \
-        for (int64_t t = 0; t < ntensors; ++t) total += numels[t];                                          \
-        int64_t begin = (int64_t)((__int128)total * worker / nworkers);                                     \
-        int64_t end = (int64_t)((__int128)total * (worker + 1) / nworkers);                                 \
-        int64_t offset = 0;                                                                                 \
-        for (int64_t t = 0; t < ntensors && offset < end; offset += numels[t], ++t) {                       \
-            int64_t lo = begin > offset ? begin - offset : 0;                                               \
-            int64_t hi = end - offset < numels[t] ? end - offset : numels[t];                               \
-            if (lo >= hi) continue;                                                                         \
-            ST *restrict ps = (ST *)pp[t];                                                                  \
-            const ST *restrict gs = (const ST *)gp[t];                                                      \
-            ST *restrict ms = (ST *)mp[t];                                                                  \
-            switch (kernel) {                                                                               \
-                case K_SIGN: SEGMENT_LOOP(ST, OT, LOAD, STORE, SIGN(OT, c)) break;                          \
-                case K_POWER: SEGMENT_LOOP(ST, OT, LOAD, STORE, SIGN(OT, c) * POW(FABS(c), kp)) break;      \
-                case K_QUADRATIC: SEGMENT_LOOP(ST, OT, LOAD, STORE, c) break;                               \
-                case K_HUBER: SEGMENT_LOOP(ST, OT, LOAD, STORE, FMIN(FMAX(c / kp, (OT)-1), (OT)1)) break;   \
-                case K_RELATIVISTIC: SEGMENT_LOOP(ST, OT, LOAD, STORE, c / HYPOT(c, kp)) break;             \
-                case K_TANH: SEGMENT_LOOP(ST, OT, LOAD, STORE, TANH(c / kp)) break;                         \
-            }                                                                                               \
-        }                                                                                                   \
+#define ARGS                                                                                                 \
+    int64_t ntensors, void **pp, void **gp, void **mp, const int64_t *numels, int64_t worker, int64_t nworkers, \
+        int kernel, double kparam_d, double lr_d, double decay_d, double b1_d, double omb1_d, double b2_d,     \
+        double omb2_d, int maximize, int skip
+
+#define SCALARS(OT)                                                                                        \
+    const OT kp = (OT)kparam_d, lr = (OT)lr_d, decay = (OT)decay_d, b1 = (OT)b1_d, omb1 = (OT)omb1_d;     \
+    const OT b2 = (OT)b2_d, omb2 = (OT)omb2_d, gsign = maximize ? (OT)-1 : (OT)1;                         \
+    (void)lr; (void)decay; (void)b2; (void)omb2;
+
+#define DEFINE_STEP(SUFFIX, ST, OT, LOAD, STORE, POW, FABS, HYPOT, TANH, FMIN, FMAX)                      \
+    /* counts[t] += number of entries of this worker's share of tensor t with u*g > 0 */                 \
+    void lion_agree_##SUFFIX(ARGS, int64_t *counts) {                                                    \
+        SCALARS(OT)                                                                                       \
+        FOR_WORKER_SEGMENTS(                                                                              \
+            const ST *restrict gs = (const ST *)gp[t]; const ST *restrict ms = (const ST *)mp[t];        \
+            int64_t agree = 0;                                                                            \
+            for (int64_t i = lo; i < hi; ++i) {                                                           \
+                LOAD_GC(OT, LOAD)                                                                         \
+                (void)bad;                                                                                \
+                OT u = DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX);                                 \
+                agree += u * g > 0;                                                                       \
+            }                                                                                             \
+            counts[t] += agree;)                                                                          \
+    }                                                                                                     \
+    /* the step; denominators[t] (cautious only, else NULL) = max(agree/numel, 1e-3) of tensor t */       \
+    void lion_step_##SUFFIX(ARGS, const double *denominators) {                                          \
+        SCALARS(OT)                                                                                       \
+        FOR_WORKER_SEGMENTS(                                                                              \
+            ST *restrict ps = (ST *)pp[t]; const ST *restrict gs = (const ST *)gp[t];                    \
+            ST *restrict ms = (ST *)mp[t];                                                                \
+            if (denominators) {                                                                           \
+                const OT denom = (OT)denominators[t];                                                     \
+                for (int64_t i = lo; i < hi; ++i) {                                                       \
+                    LOAD_GC(OT, LOAD)                                                                     \
+                    OT p = LOAD(ps[i]);                                                                   \
+                    OT u = DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX);                             \
+                    u = u * (OT)(u * g > 0) / denom + (c - c);                                            \
+                    ps[i] = STORE(bad ? p : p * decay - u * lr);                                          \
+                    ms[i] = STORE(bad ? m : m * b2 + g * omb2);                                           \
+                }                                                                                         \
+            } else {                                                                                      \
+                switch (kernel) { /* one loop per kernel so that each vectorises */                       \
+                    case K_SIGN: STEP_LOOP(OT, LOAD, STORE, SIGN(OT, c)) break;                           \
+                    case K_QUADRATIC: STEP_LOOP(OT, LOAD, STORE, c) break;                                \
+                    case K_HUBER: STEP_LOOP(OT, LOAD, STORE, FMIN(FMAX(c / kp, (OT)-1), (OT)1)) break;    \
+                    default: STEP_LOOP(OT, LOAD, STORE, DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX)) \
+                }                                                                                         \
+            })                                                                                            \
     }
 
-DEFINE_STEP(lion_step_f32, float, float, ID_LOAD, F32_STORE, powf, fabsf, hypotf, tanhf, fminf, fmaxf)
-DEFINE_STEP(lion_step_f64, double, double, ID_LOAD, F32_STORE, pow, fabs, hypot, tanh, fmin, fmax)
-DEFINE_STEP(lion_step_bf16, uint16_t, float, bf16_load, bf16_store, powf, fabsf, hypotf, tanhf, fminf, fmaxf)
-DEFINE_STEP(lion_step_f16, _Float16, float, F16_LOAD, F16_STORE, powf, fabsf, hypotf, tanhf, fminf, fmaxf)
+#define STEP_LOOP(OT, LOAD, STORE, KEXPR)                                                  \
+    for (int64_t i = lo; i < hi; ++i) {                                                    \
+        LOAD_GC(OT, LOAD)                                                                  \
+        OT p = LOAD(ps[i]);                                                                \
+        OT u = (KEXPR) + (c - c);                                                          \
+        ps[i] = STORE(bad ? p : p * decay - u * lr);                                       \
+        ms[i] = STORE(bad ? m : m * b2 + g * omb2);                                        \
+    }
+
+DEFINE_STEP(f32, float, float, ID_LOAD, F32_STORE, powf, fabsf, hypotf, tanhf, fminf, fmaxf)
+DEFINE_STEP(f64, double, double, ID_LOAD, F32_STORE, pow, fabs, hypot, tanh, fmin, fmax)
+DEFINE_STEP(bf16, uint16_t, float, bf16_load, bf16_store, powf, fabsf, hypotf, tanhf, fminf, fmaxf)
+DEFINE_STEP(f16, _Float16, float, F16_LOAD, F16_STORE, powf, fabsf, hypotf, tanhf, fminf, fmaxf)

@@ -13,6 +13,9 @@ Non-finite gradients: ``u`` is made NaN wherever ``c`` is not finite (``u + (c -
 inf gradient reaches the weight as it does with AdamW instead of being zeroed by ``sign``. With
 ``nonfinite="skip"`` the entries whose gradient is not finite keep their weight and momentum: their
 gradient is replaced by the momentum when forming ``c`` and their results are masked out.
+With ``cautious=True`` (Cautious Optimizers, Liang et al. 2024) only the entries whose update agrees in
+sign with the current gradient are kept, rescaled by the agreeing fraction of the whole tensor:
+``u = u * (u*g > 0) / max(count(u*g > 0) / numel, 1e-3)``.
 Complex tensors are updated as pairs of reals (``torch.view_as_real``).
 """
 
@@ -22,6 +25,20 @@ import torch
 from torch import Tensor
 
 from ..kernels import Kernel
+
+CAUTIOUS_FLOOR = 1e-3  # the cautious rescaling divides by the agreeing fraction, but never by less than this
+
+
+def cautious_mask(u: Tensor, g: Tensor) -> Tensor:
+    """Cautious masking of an update: u * (u*g > 0) / max(agreeing fraction of the tensor, 1e-3).
+
+    The fraction is an exact count divided by numel in float64, then rounded to u's dtype.
+    """
+    agree = u * g > 0
+    if u.numel() == 0:
+        return u
+    fraction = torch.count_nonzero(agree).to(torch.float64) / u.numel()
+    return u * agree.to(u.dtype) / fraction.clamp_min(CAUTIOUS_FLOOR).to(u.dtype)
 
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -45,6 +62,7 @@ def lion_reference(
     kernel: Kernel,
     maximize: bool,
     nonfinite: str,
+    cautious: bool = False,
 ) -> None:
     skip = nonfinite == "skip"
     for param, grad, exp_avg in zip(params, grads, exp_avgs):
@@ -60,6 +78,8 @@ def lion_reference(
             g = torch.where(bad, m, g)
         c = m * beta1 + g * (1 - beta1)
         u = kernel.direction(c)
+        if cautious:
+            u = cautious_mask(u, g)
         u = u + (c - c)  # c - c is 0 where c is finite, NaN where it is not
         new_p = p * (1 - lr * weight_decay) - u * lr
         new_m = m * beta2 + g * (1 - beta2)
