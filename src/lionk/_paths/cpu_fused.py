@@ -36,7 +36,7 @@ from ..kernels import Huber, Kernel, Power, Quadratic, Relativistic, Sign, Tanh
 from .reference import CAUTIOUS_FLOOR, as_real, lion_reference
 
 _SOURCE = Path(__file__).with_name("lion_cpu.c")
-_FLAGS = ["-O3", "-march=native", "-std=gnu11", "-ffp-contract=off", "-fno-math-errno", "-fPIC", "-shared"]
+_FLAGS = ["-O3", "-march=native", "-std=gnu11", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
 _SUFFIXES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
 _KERNEL_IDS: dict[type[Kernel], int] = {Sign: 0, Power: 1, Quadratic: 2, Huber: 3, Relativistic: 4, Tanh: 5}
 # Below this many elements in a step, one thread does all the work (thread hand-off costs ~20 us).

@@ -26,18 +26,51 @@ static inline float bf16_load(uint16_t h) {
     return f;
 }
 
-static inline uint16_t bf16_store(float f) {  /* round to nearest even, as c10::BFloat16 */
+static inline uint16_t bf16_store(float f) {  /* round to nearest even, as c10::BFloat16; branch-free */
     uint32_t x;
     memcpy(&x, &f, 4);
-    if (f != f) return 0x7FC0;
-    x += 0x7FFFu + ((x >> 16) & 1u);
-    return (uint16_t)(x >> 16);
+    uint32_t rounded = (x + 0x7FFFu + ((x >> 16) & 1u)) >> 16;
+    return (uint16_t)((x & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded);
+}
+
+static inline float bits_to_f32(uint32_t x) {
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
+
+static inline uint32_t f32_to_bits(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    return x;
+}
+
+/* IEEE half <-> float without branches (so the loops vectorise), as c10::Half does it
+   (fp16_ieee_to_fp32_value / fp16_ieee_from_fp32_value of the FP16 library): round to nearest even. */
+static inline float f16_load(uint16_t h) {
+    const uint32_t w = (uint32_t)h << 16;
+    const uint32_t sign = w & 0x80000000u;
+    const uint32_t two_w = w + w;
+    const float normalized = bits_to_f32((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+    const float denormalized = bits_to_f32((two_w >> 17) | (126u << 23)) - 0.5f;
+    return bits_to_f32(sign | (two_w < (1u << 27) ? f32_to_bits(denormalized) : f32_to_bits(normalized)));
+}
+
+static inline uint16_t f16_store(float f) {
+    float base = (fabsf(f) * 0x1.0p+112f) * 0x1.0p-110f;
+    const uint32_t w = f32_to_bits(f);
+    const uint32_t shl1_w = w + w;
+    const uint32_t sign = w & 0x80000000u;
+    uint32_t bias = shl1_w & 0xFF000000u;
+    bias = bias < 0x71000000u ? 0x71000000u : bias;
+    base = bits_to_f32((bias >> 1) + 0x07800000u) + base;
+    const uint32_t bits = f32_to_bits(base);
+    const uint32_t nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
+    return (uint16_t)((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
 }
 
 #define ID_LOAD(x) (x)
-#define F16_LOAD(x) ((float)(x))
 #define F32_STORE(x) (x)
-#define F16_STORE(x) ((_Float16)(x))
 
 #define SIGN(OT, c) ((OT)(((c) > 0) - ((c) < 0)))
 
@@ -50,12 +83,13 @@ static inline uint16_t bf16_store(float f) {  /* round to nearest even, as c10::
      : kernel == K_RELATIVISTIC ? c / HYPOT(c, kp)                                         \
                                 : TANH(c / kp))
 
-/* Loads one element and forms g (maximize, skip) and c. */
-#define LOAD_GC(OT, LOAD)                                                                  \
+/* Loads one element and forms g (maximize, skip) and c; SKIP is a constant in the hot loops, so that
+   the loop without skipping has no mask to vectorise. */
+#define LOAD_GC(OT, LOAD, SKIP)                                                            \
     OT g = LOAD(gs[i]) * gsign;                                                            \
     OT m = LOAD(ms[i]);                                                                    \
-    int bad = skip && !isfinite(g);                                                        \
-    if (bad) g = m;                                                                        \
+    int bad = (SKIP) & !isfinite(g);                                                       \
+    g = bad ? m : g;                                                                       \
     OT c = m * b1 + g * omb1;
 
 /* Walks this worker's share [N*w/W, N*(w+1)/W) of the concatenated tensors: BODY sees t, lo, hi. */
@@ -90,7 +124,7 @@ static inline uint16_t bf16_store(float f) {  /* round to nearest even, as c10::
             const ST *restrict gs = (const ST *)gp[t]; const ST *restrict ms = (const ST *)mp[t];        \
             int64_t agree = 0;                                                                            \
             for (int64_t i = lo; i < hi; ++i) {                                                           \
-                LOAD_GC(OT, LOAD)                                                                         \
+                LOAD_GC(OT, LOAD, skip)                                                                        \
                 (void)bad;                                                                                \
                 OT u = DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX);                                 \
                 agree += u * g > 0;                                                                       \
@@ -106,7 +140,7 @@ static inline uint16_t bf16_store(float f) {  /* round to nearest even, as c10::
             if (denominators) {                                                                           \
                 const OT denom = (OT)denominators[t];                                                     \
                 for (int64_t i = lo; i < hi; ++i) {                                                       \
-                    LOAD_GC(OT, LOAD)                                                                     \
+                    LOAD_GC(OT, LOAD, skip)                                                               \
                     OT p = LOAD(ps[i]);                                                                   \
                     OT u = DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX);                             \
                     u = u * (OT)(u * g > 0) / denom + (c - c);                                            \
@@ -114,18 +148,22 @@ static inline uint16_t bf16_store(float f) {  /* round to nearest even, as c10::
                     ms[i] = STORE(bad ? m : m * b2 + g * omb2);                                           \
                 }                                                                                         \
             } else {                                                                                      \
-                switch (kernel) { /* one loop per kernel so that each vectorises */                       \
-                    case K_SIGN: STEP_LOOP(OT, LOAD, STORE, SIGN(OT, c)) break;                           \
-                    case K_QUADRATIC: STEP_LOOP(OT, LOAD, STORE, c) break;                                \
-                    case K_HUBER: STEP_LOOP(OT, LOAD, STORE, FMIN(FMAX(c / kp, (OT)-1), (OT)1)) break;    \
-                    default: STEP_LOOP(OT, LOAD, STORE, DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX)) \
+                if (skip) {                                                                               \
+                    STEP_LOOP(OT, LOAD, STORE, DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX), 1)      \
+                } else {                                                                                  \
+                    switch (kernel) { /* one loop per kernel so that each vectorises */                   \
+                        case K_SIGN: STEP_LOOP(OT, LOAD, STORE, SIGN(OT, c), 0) break;                    \
+                        case K_QUADRATIC: STEP_LOOP(OT, LOAD, STORE, c, 0) break;                         \
+                        case K_HUBER: STEP_LOOP(OT, LOAD, STORE, FMIN(FMAX(c / kp, (OT)-1), (OT)1), 0) break; \
+                        default: STEP_LOOP(OT, LOAD, STORE, DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX), 0) \
+                    }                                                                                     \
                 }                                                                                         \
             })                                                                                            \
     }
 
-#define STEP_LOOP(OT, LOAD, STORE, KEXPR)                                                  \
+#define STEP_LOOP(OT, LOAD, STORE, KEXPR, SKIP)                                            \
     for (int64_t i = lo; i < hi; ++i) {                                                    \
-        LOAD_GC(OT, LOAD)                                                                  \
+        LOAD_GC(OT, LOAD, SKIP)                                                            \
         OT p = LOAD(ps[i]);                                                                \
         OT u = (KEXPR) + (c - c);                                                          \
         ps[i] = STORE(bad ? p : p * decay - u * lr);                                       \
@@ -135,4 +173,4 @@ static inline uint16_t bf16_store(float f) {  /* round to nearest even, as c10::
 DEFINE_STEP(f32, float, float, ID_LOAD, F32_STORE, powf, fabsf, hypotf, tanhf, fminf, fmaxf)
 DEFINE_STEP(f64, double, double, ID_LOAD, F32_STORE, pow, fabs, hypot, tanh, fmin, fmax)
 DEFINE_STEP(bf16, uint16_t, float, bf16_load, bf16_store, powf, fabsf, hypotf, tanhf, fminf, fmaxf)
-DEFINE_STEP(f16, _Float16, float, F16_LOAD, F16_STORE, powf, fabsf, hypotf, tanhf, fminf, fmaxf)
+DEFINE_STEP(f16, uint16_t, float, f16_load, f16_store, powf, fabsf, hypotf, tanhf, fminf, fmaxf)
