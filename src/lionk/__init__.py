@@ -1,9 +1,11 @@
 """lionk: the Lion-K optimizer family for PyTorch."""
 
 from . import kernels
+from .diagnostics import diagnostics, format_diagnostics
 from .functional import fused_unavailable_reason, lion
 from .kernels import Huber, Kernel, LInf, LpNorm, Nuclear, Power, Quadratic, Relativistic, Sign, Tanh, get_kernel
 from .optimizer import Lion
+from .schedule_free import LionSF
 
 __version__ = "0.1.0"
 
@@ -23,4 +25,7 @@ __all__ = [
     "Tanh",
     "LInf",
     "Nuclear",
+    "LionSF",
+    "diagnostics",
+    "format_diagnostics",
 ]
