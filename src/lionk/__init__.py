@@ -5,11 +5,13 @@ from .diagnostics import diagnostics, format_diagnostics
 from .functional import fused_unavailable_reason, lion
 from .kernels import Huber, Kernel, LInf, LpNorm, Nuclear, Power, Quadratic, Relativistic, Sign, Tanh, get_kernel
 from .optimizer import Lion
+from .peers import load_peer_state
 from .schedule_free import LionSF
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "load_peer_state",
     "Lion",
     "lion",
     "fused_unavailable_reason",
