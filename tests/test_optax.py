@@ -169,6 +169,21 @@ def test_invalid_spec_is_a_value_error():
 
 
 @requires_jax
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"b1": 1.0}, r"beta parameter at index 0: 1.0 \(must be in \[0, 1\)\)"),
+        ({"b2": -0.1}, "beta parameter at index 1"),
+        ({"learning_rate": -1e-3}, "Invalid learning rate"),
+        ({"weight_decay": -0.1}, "Invalid weight_decay"),
+    ],
+)
+def test_invalid_hyperparameters_are_value_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        lion_k(**{"learning_rate": 1e-3, **kwargs})
+
+
+@requires_jax
 def test_mu_dtype_stores_momentum_in_that_dtype():
     _, state = _optax_trajectory(lion_k(0.05, mu_dtype=jnp.bfloat16), 3)
     mu = state[0].mu

@@ -22,6 +22,7 @@ Needs ``pip install 'lionk[jax]'`` (jax and optax). Everything is jit-compatible
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -126,6 +127,9 @@ def scale_by_lion_k(b1: float = 0.9, b2: float = 0.99, kernel: str | Kernel = "s
     Like ``optax.scale_by_lion``, the result is a direction to be scaled by ``-learning_rate``
     (``optax.scale_by_learning_rate``). ``kernel`` is validated here: ValueError if unsupported.
     """
+    for i, beta in enumerate((b1, b2)):
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {beta!r} (must be in [0, 1))")
     direction = jax_direction(kernel)
     mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
 
@@ -140,6 +144,10 @@ def scale_by_lion_k(b1: float = 0.9, b2: float = 0.99, kernel: str | Kernel = "s
         return new_updates, ScaleByLionKState(count=optax.safe_int32_increment(state.count), mu=mu)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _finite_nonnegative(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
 
 
 def lion_k(
@@ -162,7 +170,14 @@ def lion_k(
         mask: which leaves get weight decay, as for ``optax.add_decayed_weights``: a pytree of booleans
             (or a prefix of one), or a function of the params returning one.
         mu_dtype: dtype of the momentum (e.g. ``jnp.bfloat16``); ``None`` keeps the params' dtype.
+
+    Raises:
+        ValueError: an invalid or unsupported kernel, a beta outside [0, 1), a negative lr or weight decay.
     """
+    if not callable(learning_rate) and not _finite_nonnegative(learning_rate):
+        raise ValueError(f"Invalid learning rate: {learning_rate!r} (must be a finite number >= 0 or an optax schedule)")
+    if not _finite_nonnegative(weight_decay):
+        raise ValueError(f"Invalid weight_decay: {weight_decay!r} (must be a finite number >= 0)")
     return optax.chain(
         scale_by_lion_k(b1=b1, b2=b2, kernel=kernel, mu_dtype=mu_dtype),
         optax.add_decayed_weights(weight_decay, mask),
