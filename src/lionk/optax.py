@@ -20,8 +20,6 @@ over each parameter tensor. ``nuclear`` is not supported here.
 Needs ``pip install 'lionk[jax]'`` (jax and optax). Everything is jit-compatible.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple

@@ -4,18 +4,13 @@ Every Lion keeps one buffer, the momentum :math:`m` of the update
 :math:`c = \beta_1 m + (1-\beta_1) g`, :math:`m \leftarrow \beta_2 m + (1-\beta_2) g`; only its name and
 storage differ between libraries:
 
-======================================  ================================================================
-``source``                              what ``state_dict`` is, and where the momentum is
-======================================  ================================================================
-``"lion-pytorch"``, ``"timm"``,         a torch optimizer ``state_dict()``; ``state[i]["exp_avg"]`` (lionk's
-``"pytorch_optimizer"``                 own layout, copied as is)
-``"bitsandbytes"``                      a ``state_dict()`` of ``bnb.optim.Lion``/``Lion8bit``/``PagedLion*``;
-                                        ``state1`` (float32), or for 8-bit blockwise state the uint8 codes
-                                        ``state1`` with ``absmax1`` and ``qmap1``, dequantised (below)
-``"optax"``                             an optax optimizer state (a pytree, e.g. from ``optax.lion`` or
-                                        :func:`lionk.optax.lion_k`) holding one ``mu``; its leaves are
-                                        matched to the parameters by order
-======================================  ================================================================
+* ``source="lion-pytorch"``, ``"timm"``, ``"pytorch_optimizer"``: ``state_dict`` is the peer optimizer's
+  ``state_dict()``; the momentum is ``state[i]["exp_avg"]``, lionk's own layout, copied as is.
+* ``source="bitsandbytes"``: a ``state_dict()`` of ``bnb.optim.Lion``, ``Lion8bit`` or ``PagedLion*``; the
+  momentum is ``state1`` (float32), or for 8-bit blockwise state the uint8 codes ``state1`` with ``absmax1``
+  and ``qmap1``, dequantised (below).
+* ``source="optax"``: an optax optimizer state (a pytree, e.g. from ``optax.lion`` or
+  :func:`lionk.optax.lion_k`) holding one ``mu``, whose leaves are matched to the parameters by order.
 
 Parameters are matched by position: the saved state's parameters in order (the ids of its
 ``param_groups``, or the leaves of ``mu`` in jax's flattening order: dict keys sorted, sequences and
@@ -27,7 +22,7 @@ Only the momentum is loaded, converted to each parameter's dtype and device; the
 those of ``optimizer``, because peers disagree on what weight decay means (docs/migrating-from-adamw.md).
 
 bitsandbytes' 8-bit blockwise state: the parameter's values are cut into blocks of 256 in order (the
-last may be shorter); entry j of block b is ``qmap1[state1[j]] * absmax1[b]``, where ``qmap1`` is
+last may be shorter): value j is ``qmap1[state1[j]] * absmax1[j // 256]``, where ``qmap1`` is
 bitsandbytes' signed dynamic map ``create_dynamic_map(signed=True)`` (stored in the state; rebuilt by
 :func:`bnb_dynamic_map` when absent).
 """
