@@ -3,7 +3,9 @@
 from . import kernels
 from .diagnostics import diagnostics, format_diagnostics
 from .functional import fused_unavailable_reason, lion
+from .hparams import from_adamw
 from .kernels import Huber, Kernel, LInf, LpNorm, Nuclear, Power, Quadratic, Relativistic, Sign, Tanh, get_kernel
+from .memory import state_bytes
 from .optimizer import Lion
 from .peers import load_peer_state
 from .schedule_free import LionSF
@@ -27,6 +29,8 @@ __all__ = [
     "Tanh",
     "LInf",
     "Nuclear",
+    "from_adamw",
+    "state_bytes",
     "LionSF",
     "diagnostics",
     "format_diagnostics",

@@ -1,0 +1,283 @@
+"""lionk toy / compare / sweep: exact pieces (optimum solver, schedule, parsing, determinism), tiny end-to-end runs, one-line errors."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lionk.cli import main
+from lionk.cli.data import load_corpus, stdlib_text
+from lionk.cli.gpt import GPT, GPTConfig
+from lionk.cli.toy import run_kernel, theoretical_optimum
+from lionk.cli.training import OptimSpec, Settings, hyperparameters, initial_state, lr_at, parse_optims, schedule_of, train
+from lionk.kernels import get_kernel
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+TINY = ["--steps", "4", "--batch-size", "2", "--block-size", "8", "--n-layer", "1", "--n-head", "2", "--n-embd", "16"]
+TINY += ["--eval-iters", "1", "--eval-interval", "2", "--warmup", "1", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("the quick brown fox jumps over the lazy dog.\n" * 60)
+    return path
+
+
+def _error(capsys, argv):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err
+
+
+# -- toy ---------------------------------------------------------------------------------------
+
+
+H, A = (1.0, 4.0), (2.5, 0.6)
+
+
+@pytest.mark.parametrize("wd", [1.0, 0.5, 2.0])
+def test_optimum_closed_forms(wd):
+    """sign: clip(a, 1/wd); quadratic: (H + wd I)^-1 H a; l2 with isotropic H: a * min(1, (1/wd)/||a||)."""
+    assert theoretical_optimum(get_kernel("sign"), H, A, wd) == pytest.approx([max(-1 / wd, min(1 / wd, a)) for a in A], abs=1e-12)
+    assert theoretical_optimum(get_kernel("quadratic"), H, A, wd) == pytest.approx([h * a / (h + wd) for h, a in zip(H, A)], abs=1e-12)
+    scale = min(1.0, (1 / wd) / math.hypot(*A))
+    assert theoretical_optimum(get_kernel("l2"), (3.0, 3.0), A, wd) == pytest.approx([a * scale for a in A], abs=1e-12)
+
+
+def test_optimum_satisfies_the_fixed_point_condition():
+    """wd x* = grad K(H (a - x*)) for Huber and relativistic (elementwise), and the KKT point of the l2 ball."""
+    for spec in ("huber(a=1.0)", "relativistic(a=1.0)", "huber(a=0.3)"):
+        kernel = get_kernel(spec)
+        x = torch.tensor(theoretical_optimum(kernel, H, A, 1.0), dtype=torch.float64)
+        c = torch.tensor(H, dtype=torch.float64) * (torch.tensor(A, dtype=torch.float64) - x)
+        assert torch.allclose(x, kernel.direction(c), atol=1e-12)
+    x = torch.tensor(theoretical_optimum(get_kernel("l2"), H, A, 1.0), dtype=torch.float64)
+    assert float(x.norm()) == pytest.approx(1.0, abs=1e-12)
+    grad = torch.tensor(H, dtype=torch.float64) * (x - torch.tensor(A, dtype=torch.float64))
+    assert float(grad[0] * x[1] - grad[1] * x[0]) == pytest.approx(0.0, abs=1e-12)  # -grad f parallel to x
+    assert float(grad @ x) < 0
+
+
+def test_toy_runs_reach_the_optimum_within_the_phase1_bound():
+    class Args:
+        steps, lr, wd, beta1, beta2, tol = 1500, 0.02, 1.0, 0.9, 0.99, 1e-3
+
+    for spec, norm in (("sign", math.inf), ("l2", 2.0), ("relativistic(a=1.0)", math.inf)):
+        optimum = torch.tensor(theoretical_optimum(get_kernel(spec), H, A, 1.0), dtype=torch.float64)
+        for traj in run_kernel(spec, norm, Args):
+            assert float((traj.points[-1] - optimum).norm()) < 1e-3
+            assert traj.steps_in is not None and traj.bound_steps is not None
+            assert traj.steps_in <= traj.bound_steps
+
+
+def test_toy_cli_prints_tables_and_writes_png(tmp_path, capsys):
+    assert main(["toy", "--steps", "300", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for label in ("sign (Lion)", "l2", "quadratic", "Huber", "relativistic"):
+        assert label in out
+    assert "steps in" in out and "bound" in out
+    assert (tmp_path / "toy.png").stat().st_size > 1000
+
+
+# -- data, model, schedule, parsing -----------------------------------------------------------
+
+
+def test_corpus_split_and_batches(text_file):
+    corpus = load_corpus(str(text_file))
+    n = len(text_file.read_text())
+    assert len(corpus.train) == int(n * 0.9) and len(corpus.train) + len(corpus.val) == n
+    assert corpus.chars == "".join(sorted(set(text_file.read_text())))
+    x, y = corpus.batch("train", 3, 8, torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (3, 8)
+    assert torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_default_corpus_is_stdlib_source_and_deterministic():
+    text = stdlib_text(5000)
+    assert len(text) == 5000 and text == stdlib_text(5000)
+    assert "import" in stdlib_text()
+
+
+def test_gpt_baby_shape():
+    model = GPT(GPTConfig(vocab_size=65))
+    n = sum(p.numel() for p in model.parameters())
+    assert n - 64 * 128 == 795_904  # nanoGPT prints 0.80M (position embeddings excluded)
+    assert model.lm_head.weight is model.wte.weight
+    logits, loss = model(torch.zeros(2, 64, dtype=torch.long), torch.zeros(2, 64, dtype=torch.long))
+    assert logits.shape == (2, 64, 65) and loss.ndim == 0
+
+
+def test_lr_schedule_is_nanogpts():
+    s = Settings(steps=2000, warmup=100, min_lr_ratio=0.1)
+    assert lr_at(0, 1e-3, s) == pytest.approx(1e-3 / 101)
+    assert lr_at(99, 1e-3, s) == pytest.approx(1e-3 * 100 / 101)
+    assert lr_at(100, 1e-3, s) == pytest.approx(1e-3)
+    assert lr_at(1050, 1e-3, s) == pytest.approx(1e-4 + 0.5 * 0.9e-3)
+    assert lr_at(2000, 1e-3, s) == pytest.approx(1e-4)
+
+
+def test_parse_optims_and_hyperparameters():
+    specs = parse_optims("lion,lion:kernel=l2,lion:kernel=huber(a=0.5):lr=1e-4,adamw:wd=0.01")
+    assert [s.name for s in specs] == ["lion", "lion", "lion", "adamw"]
+    s = Settings()
+    assert hyperparameters(specs[0], s) | {} == {
+        "lr": pytest.approx(1e-3 / 3),
+        "weight_decay": pytest.approx(0.3),
+        "betas": (0.9, 0.99),
+        "kernel": "sign",
+        "cautious": False,
+    }
+    assert hyperparameters(specs[1], s)["kernel"] == "l2"
+    assert hyperparameters(specs[2], s)["kernel"] == "huber(a=0.5)" and hyperparameters(specs[2], s)["lr"] == 1e-4
+    assert hyperparameters(specs[3], s) == {"lr": 1e-3, "weight_decay": 0.01, "betas": (0.9, 0.99)}
+
+
+def test_training_is_deterministic_and_shares_start_and_batches(text_file):
+    corpus = load_corpus(str(text_file))
+    s = Settings(steps=3, batch_size=2, block_size=8, n_layer=1, n_head=2, n_embd=16, warmup=1, eval_interval=3, eval_iters=1)
+    init = initial_state(s, corpus.vocab_size)
+    a = train(OptimSpec("lion", "lion"), corpus, s, init)
+    b = train(OptimSpec("lion", "lion"), corpus, s, init)
+    c = train(OptimSpec("adamw", "adamw"), corpus, s, init)
+    assert a.step_loss == b.step_loss and a.val_loss == b.val_loss
+    assert a.step_loss[0] == c.step_loss[0]  # same weights, same first batch
+    assert a.state_bytes * 2 < c.state_bytes
+
+
+# -- compare and sweep end to end ---------------------------------------------------------------
+
+
+def test_compare_writes_table_png_json(tmp_path, text_file, capsys):
+    assert main(["compare", "--data", str(text_file), "--optim", "lion,lion:kernel=l2,adamw", "--out", str(tmp_path), *TINY]) == 0
+    out = capsys.readouterr().out
+    for col in ("train", "val", "tokens/s", "opt step ms", "state bytes", "peak RSS MB", "lion:kernel=l2"):
+        assert col in out
+    report = json.loads((tmp_path / "compare.json").read_text())
+    assert [r["label"] for r in report["runs"]] == ["lion", "lion:kernel=l2", "adamw"]
+    assert report["runs"][0]["val_loss"][-1][0] == 4 and len(report["runs"][0]["step_loss"]) == 4
+    assert (tmp_path / "compare.png").stat().st_size > 1000
+
+
+def test_compare_quick_on_default_corpus(tmp_path, capsys):
+    assert main(["compare", "--quick", "--steps", "6", "--eval-iters", "1", "--threads", "1", "--out", str(tmp_path)]) == 0
+    assert "python-stdlib" in capsys.readouterr().out
+
+
+def test_sweep_grid_and_batch_sizes(tmp_path, text_file, capsys):
+    common = ["--data", str(text_file), "--out", str(tmp_path), *TINY]
+    assert main(["sweep", "--lr-multipliers", "1,3", "--wd-multipliers", "1", *common]) == 0
+    grid = json.loads((tmp_path / "sweep.json").read_text())["grid"]
+    assert len(grid["lion"]["lr"]) == 2 and len(grid["adamw"]["val_loss"]) == 1
+    assert grid["lion"]["lr"][0] == pytest.approx(1e-3 / 3) and grid["adamw"]["weight_decay"] == [0.1]
+    assert (tmp_path / "sweep.png").stat().st_size > 1000
+    assert main(["sweep", "--batch-sizes", "2,4", *common]) == 0
+    curves = json.loads((tmp_path / "sweep.json").read_text())["batch_sizes"]
+    assert curves["lion"]["batch_size"] == [2, 4] and curves["lion"]["steps"] == [4, 2]  # same tokens
+    assert (tmp_path / "sweep_batch.png").exists()
+    capsys.readouterr()
+
+
+@pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="tiny shakespeare not available")
+def test_real_text_tiny_shakespeare(tmp_path, capsys):
+    corpus = load_corpus(str(SHAKESPEARE))
+    assert corpus.vocab_size == 65 and (len(corpus.train), len(corpus.val)) == (1_003_854, 111_540)  # nanoGPT's prepare.py
+    argv = ["compare", "--data", str(SHAKESPEARE), "--optim", "adamw", "--steps", "30", "--n-layer", "1", "--n-embd", "32", "--n-head", "2"]
+    assert (
+        main(
+            [
+                *argv,
+                "--block-size",
+                "16",
+                "--eval-iters",
+                "2",
+                "--eval-interval",
+                "30",
+                "--warmup",
+                "5",
+                "--threads",
+                "1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    run = json.loads((tmp_path / "compare.json").read_text())["runs"][0]
+    (step0, val0), (step30, val30) = run["val_loss"][0], run["val_loss"][-1]
+    assert (step0, step30) == (0, 30) and val0 > math.log(65) - 0.3  # starts near a uniform guess over 65 characters
+    assert val30 < val0 - 0.2  # and has learned from real text after 30 steps
+    capsys.readouterr()
+
+
+# -- errors: one line, exit 2, no traceback -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["compare", "--data", "/nonexistent/file.txt"], "data file not found"),
+        (["compare", "--optim", "lion,sgd"], "unknown optimizer 'sgd'"),
+        (["compare", "--optim", "lion:kernel=nope"], "nope"),
+        (["compare", "--optim", "adamw:kernel=l2"], "does not apply to adamw"),
+        (["compare", "--optim", "lion:lr=abc"], "invalid number"),
+        (["compare", "--steps", "0"], "--steps"),
+        (["compare", "--batch-size", "-3"], "--batch-size"),
+        (["sweep", "--steps", "-1"], "--steps"),
+        (["sweep", "--batch-sizes", "4,x"], "--batch-sizes"),
+        (["sweep", "--lr-multipliers", "0,1"], "--lr-multipliers"),
+        (["toy", "--steps", "0"], "--steps"),
+        (["toy", "--lr", "2", "--wd", "1"], "lr*wd <= 1"),
+    ],
+)
+def test_bad_arguments_give_one_line_and_exit_2(tmp_path, capsys, argv, fragment):
+    code, err = _error(capsys, [*argv, "--out", str(tmp_path)])
+    assert code == 2
+    assert len(err) == 1 and fragment in err[0], err
+    assert err[0].startswith(f"lionk {argv[0]}: error:")
+
+
+def test_corpus_too_small_for_context(tmp_path, capsys):
+    small = tmp_path / "small.txt"
+    small.write_text("abcdefghij" * 10)
+    code, err = _error(capsys, ["compare", "--data", str(small), "--block-size", "64", "--out", str(tmp_path)])
+    assert code == 2 and len(err) == 1 and "too small for context 64" in err[0]
+
+
+def test_missing_matplotlib_names_the_extra(tmp_path, text_file, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code, err = _error(capsys, ["compare", "--data", str(text_file), "--out", str(tmp_path), *TINY])
+    assert code == 2 and len(err) == 1 and "pip install 'lionk[cli]'" in err[0]
+    code, err = _error(capsys, ["toy", "--steps", "5", "--out", str(tmp_path)])
+    assert code == 2 and "pip install 'lionk[cli]'" in err[0]
+
+
+def test_lionsf_and_schedule_options(tmp_path, capsys):
+    specs = parse_optims("lionsf,lionsf:mode=averaging,lion:schedule=constant:cautious=1")
+    assert [schedule_of(s) for s in specs] == ["constant", "constant", "constant"]
+    assert schedule_of(parse_optims("lion")[0]) == "cosine"
+    s = Settings(steps=10, warmup=2)
+    assert lr_at(9, 1.0, s, "constant") == 1.0 and lr_at(9, 1.0, s) < 0.2 and lr_at(0, 1.0, s, "constant") == 1 / 3
+    argv = ["compare", "--quick", "--steps", "6", "--eval-interval", "3", "--threads", "1", "--out", str(tmp_path)]
+    assert main([*argv, "--optim", "lionsf:mode=averaging,lion:cautious=1"]) == 0
+    out = capsys.readouterr().out
+    assert "constraint diagnostics" in out and "box ||x||_inf <= 1/wd" in out
+    runs = json.loads((tmp_path / "compare.json").read_text())["runs"]
+    assert runs[0]["hyperparameters"]["mode"] == "averaging" and runs[1]["hyperparameters"]["cautious"] is True
+
+
+@pytest.mark.parametrize("optim, message", [("lionsf:mode=fast", "invalid mode 'fast'"), ("lion:mode=averaging", "does not apply to lion"),
+                                            ("lion:schedule=step", "invalid schedule 'step'")])  # fmt: skip
+def test_bad_lionsf_options(optim, message, capsys):
+    assert main(["compare", "--quick", "--optim", optim]) == 2
+    assert message in capsys.readouterr().err
