@@ -123,11 +123,15 @@ static inline uint16_t f16_store(float f) {
         FOR_WORKER_SEGMENTS(                                                                              \
             const ST *restrict gs = (const ST *)gp[t]; const ST *restrict ms = (const ST *)mp[t];        \
             int64_t agree = 0;                                                                            \
-            for (int64_t i = lo; i < hi; ++i) {                                                           \
-                LOAD_GC(OT, LOAD, skip)                                                                        \
-                (void)bad;                                                                                \
-                OT u = DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX);                                 \
-                agree += u * g > 0;                                                                       \
+            if (skip) {                                                                                   \
+                AGREE_LOOP(OT, LOAD, DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX), 1)                \
+            } else {                                                                                      \
+                switch (kernel) { /* one loop per kernel so that each vectorises */                       \
+                    case K_SIGN: AGREE_LOOP(OT, LOAD, SIGN(OT, c), 0) break;                              \
+                    case K_QUADRATIC: AGREE_LOOP(OT, LOAD, c, 0) break;                                   \
+                    case K_HUBER: AGREE_LOOP(OT, LOAD, FMIN(FMAX(c / kp, (OT)-1), (OT)1), 0) break;       \
+                    default: AGREE_LOOP(OT, LOAD, DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX), 0)   \
+                }                                                                                         \
             }                                                                                             \
             counts[t] += agree;)                                                                          \
     }                                                                                                     \
@@ -139,13 +143,15 @@ static inline uint16_t f16_store(float f) {
             ST *restrict ms = (ST *)mp[t];                                                                \
             if (denominators) {                                                                           \
                 const OT denom = (OT)denominators[t];                                                     \
-                for (int64_t i = lo; i < hi; ++i) {                                                       \
-                    LOAD_GC(OT, LOAD, skip)                                                               \
-                    OT p = LOAD(ps[i]);                                                                   \
-                    OT u = DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX);                             \
-                    u = u * (OT)(u * g > 0) / denom + (c - c);                                            \
-                    ps[i] = STORE(bad ? p : p * decay - u * lr);                                          \
-                    ms[i] = STORE(bad ? m : m * b2 + g * omb2);                                           \
+                if (skip) {                                                                               \
+                    CAUTIOUS_LOOP(OT, LOAD, STORE, DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX), 1)  \
+                } else {                                                                                  \
+                    switch (kernel) { /* one loop per kernel so that each vectorises */                   \
+                        case K_SIGN: CAUTIOUS_LOOP(OT, LOAD, STORE, SIGN(OT, c), 0) break;                \
+                        case K_QUADRATIC: CAUTIOUS_LOOP(OT, LOAD, STORE, c, 0) break;                     \
+                        case K_HUBER: CAUTIOUS_LOOP(OT, LOAD, STORE, FMIN(FMAX(c / kp, (OT)-1), (OT)1), 0) break; \
+                        default: CAUTIOUS_LOOP(OT, LOAD, STORE, DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX), 0) \
+                    }                                                                                     \
                 }                                                                                         \
             } else {                                                                                      \
                 if (skip) {                                                                               \
@@ -159,6 +165,24 @@ static inline uint16_t f16_store(float f) {
                     }                                                                                     \
                 }                                                                                         \
             })                                                                                            \
+    }
+
+#define AGREE_LOOP(OT, LOAD, KEXPR, SKIP)                                                  \
+    for (int64_t i = lo; i < hi; ++i) {                                                    \
+        LOAD_GC(OT, LOAD, SKIP)                                                            \
+        (void)bad;                                                                         \
+        OT u = (KEXPR);                                                                    \
+        agree += u * g > 0;                                                                \
+    }
+
+#define CAUTIOUS_LOOP(OT, LOAD, STORE, KEXPR, SKIP)                                        \
+    for (int64_t i = lo; i < hi; ++i) {                                                    \
+        LOAD_GC(OT, LOAD, SKIP)                                                            \
+        OT p = LOAD(ps[i]);                                                                \
+        OT u = (KEXPR);                                                                    \
+        u = u * (OT)(u * g > 0) / denom + (c - c);                                         \
+        ps[i] = STORE(bad ? p : p * decay - u * lr);                                       \
+        ms[i] = STORE(bad ? m : m * b2 + g * omb2);                                        \
     }
 
 #define STEP_LOOP(OT, LOAD, STORE, KEXPR, SKIP)                                            \
