@@ -130,8 +130,9 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def format_diagnostics(report: list[GroupDiagnostics]) -> str:
-    """A plain-text table of :func:`diagnostics`' output: one header line per group, one row per tensor."""
+def format_diagnostics(report: list[GroupDiagnostics], per_tensor: bool = True) -> str:
+    """A plain-text table of :func:`diagnostics`' output: one header line per group, one row per tensor
+    (only the group totals with ``per_tensor=False``)."""
     header = f"{'tensor':<32} {'shape':<16} {'at boundary':>11} {'max|wd*x|':>10} {'S per elem':>11}"
     lines = []
     for group in report:
@@ -140,7 +141,7 @@ def format_diagnostics(report: list[GroupDiagnostics]) -> str:
             + ("none (weight_decay = 0, no constraint applies)" if group.constraint == "none" else group.constraint)
         )
         lines.append(header)
-        for t in group.tensors:
+        for t in group.tensors if per_tensor else ():
             lines.append(
                 f"{t.name:<32} {'x'.join(map(str, t.shape)) or '()':<16} {_fmt(t.boundary_fraction, '.1%'):>11} "
                 f"{_fmt(t.max_scaled, '.4f'):>10} {_fmt(t.stationarity, '.3e'):>11}"

@@ -163,6 +163,29 @@ class Lion(torch.optim.Optimizer):
             for flag, default in _FLAG_DEFAULTS.items():
                 group.setdefault(flag, default)
 
+    def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """The group's parameters that have a gradient, their gradients and momenta (created lazily as zeros)."""
+        params, grads, exp_avgs = [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            state = self.state[p]
+            if "exp_avg" not in state:
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            params.append(p)
+            grads.append(p.grad)
+            exp_avgs.append(state["exp_avg"])
+        return params, grads, exp_avgs
+
+    @staticmethod
+    def _step_kwargs(group: dict[str, Any]) -> dict[str, Any]:
+        """The arguments of :func:`lionk.functional.lion` that a param group sets, all but ``lr``."""
+        beta1, beta2 = group["betas"]
+        keys = ("weight_decay", "kernel", "maximize", "nonfinite", "foreach", "fused", "cautious")
+        return dict(beta1=beta1, beta2=beta2, **{k: group[k] for k in keys})
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimisation step; ``closure`` re-evaluates the model and returns the loss."""
@@ -171,32 +194,6 @@ class Lion(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params, grads, exp_avgs = [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("Lion does not support sparse gradients")
-                state = self.state[p]
-                if len(state) == 0:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                params.append(p)
-                grads.append(p.grad)
-                exp_avgs.append(state["exp_avg"])
-            beta1, beta2 = group["betas"]
-            lion(
-                params,
-                grads,
-                exp_avgs,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                weight_decay=group["weight_decay"],
-                kernel=group["kernel"],
-                maximize=group["maximize"],
-                nonfinite=group["nonfinite"],
-                foreach=group["foreach"],
-                fused=group["fused"],
-                cautious=group["cautious"],
-            )
+            params, grads, exp_avgs = self._gather(group)
+            lion(params, grads, exp_avgs, lr=group["lr"], **self._step_kwargs(group))
         return loss

@@ -240,21 +240,13 @@ class LionSF(Lion):
                 loss = closure()
         for group in self.param_groups:
             averaging = group["mode"] == "averaging"
-            params, grads, exp_avgs = [], [], []
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("LionSF does not support sparse gradients")
-                state = self.state[p]
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                if averaging and "z" not in state:
-                    state["z"] = p.detach().clone(memory_format=torch.preserve_format)
-                    state["x"] = p.detach().clone(memory_format=torch.preserve_format)
-                params.append(p)
-                grads.append(p.grad)
-                exp_avgs.append(state["exp_avg"])
+            params, grads, exp_avgs = self._gather(group)
+            if averaging:
+                for p in params:
+                    state = self.state[p]
+                    if "z" not in state:
+                        state["z"] = p.detach().clone(memory_format=torch.preserve_format)
+                        state["x"] = p.detach().clone(memory_format=torch.preserve_format)
             if not params:
                 continue
             if averaging:
@@ -263,13 +255,8 @@ class LionSF(Lion):
                 self._agreement_step(group, params, grads, exp_avgs)
         return loss
 
-    def _lion_kwargs(self, group: dict[str, Any]) -> dict[str, Any]:
-        beta1, beta2 = group["betas"]
-        keys = ("weight_decay", "kernel", "maximize", "nonfinite", "foreach", "fused", "cautious")
-        return dict(beta1=beta1, beta2=beta2, **{k: group[k] for k in keys})
-
     def _agreement_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor]) -> None:
-        kwargs = self._lion_kwargs(group)
+        kwargs = self._step_kwargs(group)
         for p, g, m in zip(params, grads, exp_avgs):
             rho = sign_agreement(m, -g if group["maximize"] else g)
             self.state[p]["agreement"] = rho
@@ -286,7 +273,7 @@ class LionSF(Lion):
         ckp1 = weight / group["weight_sum"] if group["weight_sum"] > 0 else 0.0
         group["sf_step"] = t + 1
         zs = [self.state[p]["z"] for p in params]
-        lion(zs, grads, exp_avgs, lr=lr * schedule, **self._lion_kwargs(group))
+        lion(zs, grads, exp_avgs, lr=lr * schedule, **self._step_kwargs(group))
         for p, z in zip(params, zs):
             x = self.state[p]["x"]
             x.lerp_(z, ckp1)

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..diagnostics import diagnostics
+from ..diagnostics import diagnostics, format_diagnostics
 from ..hparams import from_adamw
 from ..kernels import get_kernel
 from ..memory import state_bytes
@@ -247,20 +247,6 @@ def _estimate(
     return out
 
 
-def diagnostics_summary(optimizer: Lion) -> str:
-    """One line per param group of :func:`lionk.diagnostics`: how much of the group sits on the box |wd*x| = 1."""
-
-    def fmt(value: float | None, spec: str) -> str:
-        return "-" if value is None else format(value, spec)
-
-    return "\n".join(
-        f"group {g.index} (wd={g.weight_decay:g}, {g.constraint}): at boundary "
-        f"{fmt(None if g.boundary_fraction is None else 100 * g.boundary_fraction, '.1f')} %, "
-        f"max|wd*x| {fmt(g.max_scaled, '.4f')}, stationarity S {fmt(g.stationarity, '.3e')}"
-        for g in diagnostics(optimizer)
-    )
-
-
 def train(
     spec: OptimSpec,
     corpus: Corpus,
@@ -320,7 +306,7 @@ def train(
         if progress is not None:
             progress(step, step_loss[-1])
     timed = sorted(step_times[5:] or step_times or [float("nan")])
-    report = diagnostics_summary(optimizer) if isinstance(optimizer, Lion) else ""
+    report = format_diagnostics(diagnostics(optimizer), per_tensor=False) if isinstance(optimizer, Lion) else ""
     steps_done = len(step_loss)
     peak_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return RunResult(
