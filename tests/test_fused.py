@@ -14,6 +14,7 @@ from lionk import Lion
 from lionk._paths import cpu_fused
 from lionk._paths.reference import lion_reference
 from lionk.kernels import get_kernel
+from lionk.precision import rounding_keys
 
 pytestmark = pytest.mark.skipif(cpu_fused.unavailable_reason() is not None, reason=f"fused CPU path: {cpu_fused.unavailable_reason()}")
 
@@ -46,7 +47,7 @@ def _shapes_and_layouts(dtype):
     return tensors
 
 
-def _step_pair(kernel, dtype, *, maximize, wd, nonfinite, steps=3):
+def _step_pair(kernel, dtype, *, maximize, wd, nonfinite, steps=3, stochastic=False, cautious=False):
     """Run the reference path and the fused path from the same state on the same gradients."""
     params = _shapes_and_layouts(dtype)
     fused_params = [p.clone() for p in params]  # clone keeps the layout (preserve_format)
@@ -54,7 +55,10 @@ def _step_pair(kernel, dtype, *, maximize, wd, nonfinite, steps=3):
     fused_avgs = [torch.zeros_like(p) for p in params]
     gen = torch.Generator().manual_seed(1)
     kw = dict(lr=LR, beta1=0.9, beta2=0.99, weight_decay=wd, kernel=get_kernel(kernel), maximize=maximize, nonfinite=nonfinite)
+    kw["cautious"] = cautious
     for step in range(steps):
+        if stochastic:
+            kw["rounding_keys"] = [rounding_keys(i, step) for i in range(len(params))]
         grads = [torch.empty_like(p).copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64)) for p in params]
         big = grads[5]
         if step == 1:  # non-finite entries in the middle of the tensor that the threads split
@@ -75,6 +79,20 @@ def test_exact_kernels_bitwise_equal_reference(dtype, kernel, nonfinite, maximiz
         assert a.dtype == b.dtype and a.stride() == b.stride()
         assert torch.equal(a.isnan(), b.isnan())
         assert torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("kernel", EXACT)
+@pytest.mark.parametrize("nonfinite", ["propagate", "skip"])
+@pytest.mark.parametrize("cautious", [False, True])
+def test_stochastic_rounding_bitwise_equal_reference(dtype, kernel, nonfinite, cautious):
+    """The C loops draw the same hash bits and round as lionk.precision does, every layout and kernel."""
+    ref, fused = _step_pair(kernel, dtype, maximize=True, wd=0.3, nonfinite=nonfinite, stochastic=True, cautious=cautious)
+    for a, b in zip(ref, fused):
+        assert torch.equal(a.isnan(), b.isnan())
+        assert torch.equal(a.nan_to_num(), b.nan_to_num())
+    plain, _ = _step_pair(kernel, dtype, maximize=True, wd=0.3, nonfinite=nonfinite, cautious=cautious)
+    assert any(not torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(ref, plain))  # it does round differently
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -421,7 +421,8 @@ def test_state_dict_round_trip_and_dtype_layout():
     model(torch.randn(4, 3, dtype=torch.bfloat16)).sum().backward()
     opt.step()
     sd = opt.state_dict()
-    assert set(sd["state"][0]) == {"exp_avg"} and sd["state"][0]["exp_avg"].dtype == torch.bfloat16
+    assert set(sd["state"][0]) == {"exp_avg", "step"} and sd["state"][0]["exp_avg"].dtype == torch.bfloat16
+    assert sd["state"][0]["step"] == 1  # counts the stochastically rounded steps
     assert sd["param_groups"][0]["kernel"] == "tanh(a=0.5)"
     opt2 = Lion(model.parameters(), lr=0.5)
     opt2.load_state_dict(sd)

@@ -61,6 +61,7 @@ def lion(
     foreach: bool | None = None,
     fused: bool | None = None,
     cautious: bool = False,
+    rounding_keys: list[tuple[int, int, int, int]] | None = None,
 ) -> None:
     """Apply one Lion-K step in place to ``params`` and their momenta ``exp_avgs``.
 
@@ -70,9 +71,14 @@ def lion(
     then foreach for CUDA tensors, else the loop. ``fused=True`` raises RuntimeError where it cannot run.
     ``cautious=True`` keeps only the entries of grad K(c) that agree in sign with g, rescaled by the
     agreeing fraction of each tensor (see :mod:`lionk._paths.reference`).
+    ``exp_avgs`` may have another floating dtype than ``params``. ``rounding_keys`` (one 4-tuple per
+    tensor, from :func:`lionk.precision.rounding_keys`) makes the bfloat16/float16 stores of weight and
+    momentum round stochastically (:mod:`lionk.precision`); ``None`` rounds to nearest.
     """
     if not len(params) == len(grads) == len(exp_avgs):
         raise ValueError(f"params, grads and exp_avgs must have the same length, got {len(params)}, {len(grads)}, {len(exp_avgs)}")
+    if rounding_keys is not None and len(rounding_keys) != len(params):
+        raise ValueError(f"rounding_keys must have one entry per tensor, got {len(rounding_keys)} for {len(params)} tensors")
     if nonfinite not in NONFINITE_MODES:
         raise ValueError(f"Invalid nonfinite: {nonfinite!r} (must be one of {NONFINITE_MODES})")
     if fused and foreach:
@@ -103,4 +109,5 @@ def lion(
         maximize=maximize,
         nonfinite=nonfinite,
         cautious=cautious,
+        rounding_keys=rounding_keys,
     )

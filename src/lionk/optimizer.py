@@ -11,6 +11,16 @@ from torch import Tensor
 
 from .functional import NONFINITE_MODES, fused_unavailable_reason, lion
 from .kernels import Kernel, get_kernel, kernel_spec
+from .precision import (
+    canonical_momentum_dtype,
+    check_momentum_dtype,
+    convert_momentum,
+    dequantize_int8,
+    init_momentum,
+    momentum_storage,
+    quantize_int8,
+    rounding_keys,
+)
 
 __all__ = ["Lion"]
 
@@ -21,7 +31,10 @@ _FLAG_DEFAULTS: dict[str, Any] = {
     "foreach": None,
     "fused": None,
     "cautious": False,
+    "momentum_dtype": None,
+    "stochastic_rounding": True,
 }
+_HALF_TYPES = (torch.bfloat16, torch.float16)
 
 
 def _where(index: int | None) -> str:
@@ -51,7 +64,11 @@ def validate_hyperparameters(group: dict[str, Any], index: int | None = None) ->
         raise ValueError(f"Invalid weight_decay{where}: {wd!r} (must be a finite number >= 0)")
     if group["nonfinite"] not in NONFINITE_MODES:
         raise ValueError(f"Invalid nonfinite{where}: {group['nonfinite']!r} (must be one of {NONFINITE_MODES})")
-    for flag in ("maximize", "cautious"):
+    try:
+        group["momentum_dtype"] = canonical_momentum_dtype(group["momentum_dtype"])
+    except ValueError as err:
+        raise ValueError(f"{err}{where}") from None
+    for flag in ("maximize", "cautious", "stochastic_rounding"):
         if not isinstance(group[flag], bool):
             raise ValueError(f"Invalid {flag}{where}: {group[flag]!r} (must be True or False)")
     for flag in ("foreach", "fused"):
@@ -97,11 +114,22 @@ class Lion(torch.optim.Optimizer):
         fused: use the fused path (one pass over memory, many tensors per call; CPU, elementwise kernels);
             ``None`` picks it wherever it can run, ``True`` raises RuntimeError where it cannot
             (:func:`lionk.fused_unavailable_reason` says why).
+        momentum_dtype: storage of the momentum: ``None`` (the parameter's dtype), ``torch.float32``,
+            ``torch.bfloat16`` or ``"int8"`` (blockwise codes with one float32 scale per 256 values, for
+            tensors of 4096+ elements; see :mod:`lionk.precision`). The arithmetic is float32 (float64 for
+            float64 parameters) whatever the storage. Changing it between steps, or loading a checkpoint
+            saved with another storage, converts the momentum at the next step.
+        stochastic_rounding: round every bfloat16/float16 store (weights, momentum) and the int8 codes
+            stochastically, so that steps smaller than half an ulp (Lion's lr-sized steps on bf16 weights,
+            the weight decay) survive in expectation; ``False`` rounds to nearest. The random bits are a
+            hash of (parameter position, per-parameter step ``state["step"]``, element index): runs are
+            bitwise reproducible and resume identically.
 
-    Every argument is per param group. The state per parameter is the momentum ``exp_avg`` in the
-    parameter's dtype and layout, so checkpoints of lion-pytorch and timm load and continue unchanged.
-    Complex parameters are updated as pairs of reals. Float16/bfloat16 parameters are updated with
-    float32 arithmetic and rounded back to their dtype.
+    Every argument is per param group. The state per parameter is the momentum ``exp_avg`` (by default
+    in the parameter's dtype and layout, so checkpoints of lion-pytorch and timm load and continue
+    unchanged), ``exp_avg_absmax`` for int8 momentum, and the step count ``step`` where stochastic
+    rounding is used. Complex parameters are updated as pairs of reals. Float16/bfloat16 parameters
+    are updated with float32 arithmetic and rounded back to their dtype.
     """
 
     def __init__(
@@ -117,6 +145,8 @@ class Lion(torch.optim.Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         cautious: bool = False,
+        momentum_dtype: torch.dtype | str | None = None,
+        stochastic_rounding: bool = True,
     ):
         defaults = dict(
             lr=lr,
@@ -128,6 +158,8 @@ class Lion(torch.optim.Optimizer):
             foreach=foreach,
             fused=fused,
             cautious=cautious,
+            momentum_dtype=momentum_dtype,
+            stochastic_rounding=stochastic_rounding,
         )
         validate_hyperparameters(defaults)
         defaults["kernel"] = kernel_spec(kernel)
@@ -145,6 +177,7 @@ class Lion(torch.optim.Optimizer):
                 kernel = get_kernel(group["kernel"])
                 for p in group["params"]:
                     kernel.check_param(p)
+                    check_momentum_dtype(group["momentum_dtype"], p)
                 if group["fused"]:
                     devices = {p.device for p in group["params"]} or {torch.device("cpu")}
                     for device in devices:
@@ -163,8 +196,33 @@ class Lion(torch.optim.Optimizer):
             for flag, default in _FLAG_DEFAULTS.items():
                 group.setdefault(flag, default)
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict, keeping each state tensor's own dtype.
+
+        torch.optim casts floating state to the parameter's dtype on load, which would turn bfloat16
+        momenta of float32 parameters into float32 and round float32 int8 scales to a bfloat16
+        parameter's precision. Here every tensor keeps the dtype it was saved with (moved to its
+        parameter's device); a momentum saved in another storage than its group's ``momentum_dtype``
+        is converted at the next step.
+        """
+        saved = {key: dict(value) for key, value in state_dict["state"].items()}
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        for key, entries in saved.items():
+            if not isinstance(key, int) or not 0 <= key < len(params):
+                continue
+            p = params[key]
+            for name, value in entries.items():
+                if isinstance(value, Tensor):
+                    self.state[p][name] = value.to(device=p.device)
+
     def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """The group's parameters that have a gradient, their gradients and momenta (created lazily as zeros)."""
+        """The group's parameters that have a gradient, their gradients and stored momenta.
+
+        The momentum is created lazily as zeros in the group's ``momentum_dtype`` storage, and converted
+        when it is held in another one (a changed group or a loaded checkpoint). For int8 storage the
+        third list holds the codes; :meth:`_lion_step` handles them.
+        """
         params, grads, exp_avgs = [], [], []
         for p in group["params"]:
             if p.grad is None:
@@ -172,8 +230,11 @@ class Lion(torch.optim.Optimizer):
             if p.grad.is_sparse:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             state = self.state[p]
+            storage = momentum_storage(group["momentum_dtype"], p)
             if "exp_avg" not in state:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state.update(init_momentum(p, storage))
+            else:
+                convert_momentum(state, p, storage)
             params.append(p)
             grads.append(p.grad)
             exp_avgs.append(state["exp_avg"])
@@ -186,6 +247,57 @@ class Lion(torch.optim.Optimizer):
         keys = ("weight_decay", "kernel", "maximize", "nonfinite", "foreach", "fused", "cautious")
         return dict(beta1=beta1, beta2=beta2, **{k: group[k] for k in keys})
 
+    def _rounding_keys(self, group: dict[str, Any], params: list[Tensor], targets: list[Tensor]) -> list | None:
+        """Stochastic-rounding keys per tensor (None where nothing rounds), counting ``state["step"]``."""
+        if not group["stochastic_rounding"]:
+            return None
+        keys: list[tuple[int, int, int, int] | None] = []
+        streams = None
+        for p, target in zip(params, targets):
+            state = self.state[p]
+            m = state["exp_avg"]
+            if target.dtype not in _HALF_TYPES and m.dtype not in (*_HALF_TYPES, torch.int8):
+                keys.append(None)
+                continue
+            if streams is None:  # a parameter's stream is its position in the optimizer
+                streams = {q: i for i, q in enumerate(q for g in self.param_groups for q in g["params"])}
+            step = state.get("step", 0)
+            state["step"] = step + 1
+            keys.append(rounding_keys(streams[p], step))
+        return keys if any(k is not None for k in keys) else None
+
+    def _lion_step(
+        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], lr: float | Tensor, targets: list[Tensor] | None = None
+    ) -> None:
+        """One Lion-K step of ``params``' state applied to ``targets`` (default: the parameters themselves).
+
+        Momenta stored as int8 codes are dequantised one tensor at a time (so the float32 copy never
+        exists for all tensors at once), stepped, and quantised back.
+        """
+        targets = params if targets is None else targets
+        keys = self._rounding_keys(group, params, targets)
+        kwargs = self._step_kwargs(group)
+        direct = [i for i, p in enumerate(params) if self.state[p]["exp_avg"].dtype != torch.int8]
+        if direct:
+            lion(
+                [targets[i] for i in direct],
+                [grads[i] for i in direct],
+                [self.state[params[i]]["exp_avg"] for i in direct],
+                lr=lr,
+                rounding_keys=None if keys is None else [keys[i] for i in direct],
+                **kwargs,
+            )
+        for i in range(len(params)):
+            state = self.state[params[i]]
+            if state["exp_avg"].dtype != torch.int8:
+                continue
+            m = dequantize_int8(state["exp_avg"], state["exp_avg_absmax"])
+            key = None if keys is None else keys[i]
+            lion([targets[i]], [grads[i]], [m], lr=lr, rounding_keys=None if key is None else [key], **kwargs)
+            codes, absmax = quantize_int8(m, None if key is None else key[2:])
+            state["exp_avg"].copy_(codes)
+            state["exp_avg_absmax"].copy_(absmax)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimisation step; ``closure`` re-evaluates the model and returns the loss."""
@@ -194,6 +306,6 @@ class Lion(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            params, grads, exp_avgs = self._gather(group)
-            lion(params, grads, exp_avgs, lr=group["lr"], **self._step_kwargs(group))
+            params, grads, _ = self._gather(group)
+            self._lion_step(group, params, grads, group["lr"])
         return loss

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from ._paths.reference import as_real, opmath_dtype
-from .functional import lion
 from .kernels import Kernel
 from .optimizer import Lion, _where, validate_hyperparameters
+from .precision import read_momentum
 
 __all__ = ["LionSF", "sign_agreement"]
 
@@ -168,9 +168,13 @@ class LionSF(Lion):
         foreach: bool | None = None,
         fused: bool | None = None,
         cautious: bool = False,
+        momentum_dtype: torch.dtype | str | None = None,
+        stochastic_rounding: bool = True,
     ):
         defaults = dict(
             _SF_DEFAULTS,
+            momentum_dtype=momentum_dtype,
+            stochastic_rounding=stochastic_rounding,
             lr=lr,
             betas=tuple(betas) if isinstance(betas, list) else betas,
             weight_decay=weight_decay,
@@ -240,7 +244,7 @@ class LionSF(Lion):
                 loss = closure()
         for group in self.param_groups:
             averaging = group["mode"] == "averaging"
-            params, grads, exp_avgs = self._gather(group)
+            params, grads, _ = self._gather(group)
             if averaging:
                 for p in params:
                     state = self.state[p]
@@ -250,19 +254,18 @@ class LionSF(Lion):
             if not params:
                 continue
             if averaging:
-                self._averaging_step(group, params, grads, exp_avgs)
+                self._averaging_step(group, params, grads)
             else:
-                self._agreement_step(group, params, grads, exp_avgs)
+                self._agreement_step(group, params, grads)
         return loss
 
-    def _agreement_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor]) -> None:
-        kwargs = self._step_kwargs(group)
-        for p, g, m in zip(params, grads, exp_avgs):
-            rho = sign_agreement(m, -g if group["maximize"] else g)
+    def _agreement_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        for p, g in zip(params, grads):
+            rho = sign_agreement(read_momentum(self.state[p]), -g if group["maximize"] else g)
             self.state[p]["agreement"] = rho
-            lion([p], [g], [m], lr=group["lr"] * rho, **kwargs)
+            self._lion_step(group, [p], [g], group["lr"] * rho)
 
-    def _averaging_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor]) -> None:
+    def _averaging_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         t, warmup = group["sf_step"], group["warmup_steps"]
         schedule = min(1.0, (t + 1) / warmup) if warmup > 0 else 1.0
         lr = group["lr"]
@@ -273,7 +276,7 @@ class LionSF(Lion):
         ckp1 = weight / group["weight_sum"] if group["weight_sum"] > 0 else 0.0
         group["sf_step"] = t + 1
         zs = [self.state[p]["z"] for p in params]
-        lion(zs, grads, exp_avgs, lr=lr * schedule, **self._step_kwargs(group))
+        self._lion_step(group, params, grads, lr * schedule, targets=zs)
         for p, z in zip(params, zs):
             x = self.state[p]["x"]
             x.lerp_(z, ckp1)

@@ -101,11 +101,12 @@ def _load() -> ctypes.CDLL | None:
                 _unavailable = str(err)
                 return None
             p, i64, dbl, cint = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
+            args = [i64, p, p, p, p, i64, i64, cint, dbl, dbl, dbl, dbl, dbl, dbl, dbl, cint, cint, p]
             for suffix in _SUFFIXES.values():
-                for name in ("lion_step_", "lion_agree_"):
+                for name, extra in (("lion_step_", [p]), ("lion_agree_", [])):
                     fn = getattr(lib, name + suffix)
                     fn.restype = None
-                    fn.argtypes = [i64, p, p, p, p, i64, i64, cint, dbl, dbl, dbl, dbl, dbl, dbl, dbl, cint, cint, p]
+                    fn.argtypes = args + extra
             _library = lib
     return _library
 
@@ -133,13 +134,13 @@ def _shares_dense_layout(p: Tensor, g: Tensor, m: Tensor) -> bool:
     return p.is_contiguous() or p.is_contiguous(memory_format=torch.channels_last) or p.dim() == 0
 
 
-def _run_workers(fn, head: tuple, tail: tuple, last: list, threads: int) -> None:
-    """Call ``fn(*head, worker, threads, *tail, last[worker])`` once per worker, the calling thread taking worker 0."""
+def _run_workers(fn, head: tuple, tail: tuple, last: list[tuple], threads: int) -> None:
+    """Call ``fn(*head, worker, threads, *tail, *last[worker])`` once per worker, the calling thread taking worker 0."""
     global _pool
     if threads > 1 and (_pool is None or _pool._max_workers != threads - 1):  # resized after torch.set_num_threads
         _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="lionk")
-    futures = [_pool.submit(fn, *head, w, threads, *tail, last[w]) for w in range(1, threads)]
-    fn(*head, 0, threads, *tail, last[0])
+    futures = [_pool.submit(fn, *head, w, threads, *tail, *last[w]) for w in range(1, threads)]
+    fn(*head, 0, threads, *tail, *last[0])
     for f in futures:
         f.result()
 
@@ -157,6 +158,7 @@ def lion_cpu_fused(
     maximize: bool,
     nonfinite: str,
     cautious: bool = False,
+    rounding_keys: list[tuple[int, int, int, int]] | None = None,
 ) -> None:
     lib = _load()
     if lib is None:
@@ -170,21 +172,23 @@ def lion_cpu_fused(
     scalars = dict(
         lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, kernel=kernel, maximize=maximize, nonfinite=nonfinite, cautious=cautious
     )
-    by_dtype: dict[torch.dtype, tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
-    for param, grad, exp_avg in zip(params, grads, exp_avgs):
+    by_dtype: dict[tuple[torch.dtype, bool], tuple[list, list, list, list]] = {}
+    for i, (param, grad, exp_avg) in enumerate(zip(params, grads, exp_avgs)):
         p, g, m = as_real(param), as_real(grad), as_real(exp_avg)
         if p.device.type != "cpu" or p.dtype not in _SUFFIXES:
             raise RuntimeError(f"the fused CPU path needs CPU float tensors, got {p.dtype} on {p.device}")
+        keys = None if rounding_keys is None or p.dtype not in (torch.bfloat16, torch.float16) else rounding_keys[i]
         if not _shares_dense_layout(p, g, m):
-            lion_reference([param], [grad], [exp_avg], **scalars)
+            lion_reference([param], [grad], [exp_avg], **scalars, rounding_keys=None if keys is None else [keys])
             continue
         if p.numel():
-            bucket = by_dtype.setdefault(p.dtype, ([], [], []))
-            for lst, t in zip(bucket, (p, g, m)):
+            bucket = by_dtype.setdefault((p.dtype, keys is not None), ([], [], [], []))
+            for lst, t in zip(bucket, (p, g, m, keys)):
                 lst.append(t)
     kernel_id, kparam = _KERNEL_IDS[type(kernel)], _kernel_parameter(kernel)
-    for dtype, (ps, gs, ms) in by_dtype.items():
+    for (dtype, stochastic), (ps, gs, ms, ks) in by_dtype.items():
         n = len(ps)
+        key_array = (ctypes.c_uint32 * (4 * n))(*[k for key in ks for k in key]) if stochastic else None
         pointers = [(ctypes.c_void_p * n)(*[t.data_ptr() for t in ts]) for ts in (ps, gs, ms)]
         numels = (ctypes.c_int64 * n)(*[t.numel() for t in ps])
         total = sum(numels)
@@ -195,7 +199,7 @@ def lion_cpu_fused(
         denominators = None
         if cautious:  # first pass: count the entries where the update agrees with the gradient
             counts = [(ctypes.c_int64 * n)() for _ in range(threads)]
-            _run_workers(getattr(lib, "lion_agree_" + suffix), head, common, counts, threads)
+            _run_workers(getattr(lib, "lion_agree_" + suffix), head, common, [(c,) for c in counts], threads)
             agree = [sum(c[t] for c in counts) for t in range(n)]
             denominators = (ctypes.c_double * n)(*[max(a / k, CAUTIOUS_FLOOR) for a, k in zip(agree, numels)])
-        _run_workers(getattr(lib, "lion_step_" + suffix), head, common, [denominators] * threads, threads)
+        _run_workers(getattr(lib, "lion_step_" + suffix), head, common, [(denominators, key_array)] * threads, threads)

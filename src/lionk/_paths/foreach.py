@@ -1,6 +1,6 @@
 """The foreach path: the reference formula with ``torch._foreach_*`` ops over lists of tensors.
 
-Tensors are grouped by (device, dtype) and each group is processed with multi-tensor ops, which on
+Tensors are grouped by (device, param dtype, momentum dtype) and each group is processed with multi-tensor ops, which on
 CUDA launch one kernel for many tensors. The operations and their order are those of the reference
 path, so the results are bitwise identical to it (the tests check this in float64). On CPU torch runs
 foreach ops as a per-tensor loop, so this path is no faster there.
@@ -14,13 +14,15 @@ import torch
 from torch import Tensor
 
 from ..kernels import Kernel
+from ..precision import store
 from .reference import as_real, cautious_mask, opmath_dtype
 
 
-def _group_by_device_and_dtype(*lists: list[Tensor]) -> dict[tuple, tuple[list[Tensor], ...]]:
-    groups: dict[tuple, tuple[list[Tensor], ...]] = defaultdict(lambda: tuple([] for _ in lists))
+def _group_by_device_and_dtypes(*lists: list) -> dict[tuple, tuple[list, ...]]:
+    """Bucket aligned lists by (device, dtype of the first list, dtype of the third list)."""
+    groups: dict[tuple, tuple[list, ...]] = defaultdict(lambda: tuple([] for _ in lists))
     for items in zip(*lists):
-        key = (items[0].device, items[0].dtype)
+        key = (items[0].device, items[0].dtype, items[2].dtype)
         for bucket, item in zip(groups[key], items):
             bucket.append(item)
     return groups
@@ -39,16 +41,17 @@ def lion_foreach(
     maximize: bool,
     nonfinite: str,
     cautious: bool = False,
+    rounding_keys: list[tuple[int, int, int, int]] | None = None,
 ) -> None:
     skip = nonfinite == "skip"
-    for ps_store, gs_in, ms_store in _group_by_device_and_dtype(params, grads, exp_avgs).values():
+    keys = [None] * len(params) if rounding_keys is None else rounding_keys
+    for ps_store, gs_in, ms_store, ks in _group_by_device_and_dtypes(params, grads, exp_avgs, keys).values():
         ps_store = [as_real(t) for t in ps_store]
         ms_store = [as_real(t) for t in ms_store]
         gs = [as_real(t) for t in gs_in]
         opmath = opmath_dtype(ps_store[0].dtype)
-        upcast = ps_store[0].dtype != opmath
-        ps = [t.to(opmath) for t in ps_store] if upcast else ps_store
-        ms = [t.to(opmath) for t in ms_store] if upcast else ms_store
+        ps = [t.to(opmath) for t in ps_store] if ps_store[0].dtype != opmath else ps_store
+        ms = [t.to(opmath) for t in ms_store] if ms_store[0].dtype != opmath else ms_store
         if gs[0].dtype != opmath:
             gs = [t.to(opmath) for t in gs]
         if maximize:
@@ -72,5 +75,10 @@ def lion_foreach(
         if skip:
             new_ps = [torch.where(bad, p, q) for bad, p, q in zip(bads, ps, new_ps)]
             new_ms = [torch.where(bad, m, q) for bad, m, q in zip(bads, ms, new_ms)]
-        torch._foreach_copy_(ps_store, new_ps)
-        torch._foreach_copy_(ms_store, new_ms)
+        if rounding_keys is None or not {ps_store[0].dtype, ms_store[0].dtype} & {torch.bfloat16, torch.float16}:
+            torch._foreach_copy_(ps_store, new_ps)
+            torch._foreach_copy_(ms_store, new_ms)
+            continue
+        for p_store, new_p, m_store, new_m, k in zip(ps_store, new_ps, ms_store, new_ms, ks):
+            store(p_store, new_p, None if k is None else k[:2])
+            store(m_store, new_m, None if k is None else k[2:])

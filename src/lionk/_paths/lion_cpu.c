@@ -10,6 +10,12 @@
  * This is the reference path's formula op for op; built with -ffp-contract=off so that no multiply-add
  * is fused and each operation is rounded as torch rounds it.
  *
+ * Stochastic rounding (bfloat16/float16 storage, `keys` not NULL): the stores of p and m round to one
+ * of the two neighbours of the float result, the one further from zero with probability
+ * (|x| - |near|) / (|far| - |near|), using r = mix32(mix32(i ^ k1) + k2) >> 8 times 2^-24 for element
+ * i of a tensor with keys (k1, k2) (4 keys per tensor: p's pair, then m's): lionk/precision.py's
+ * formulas, so both paths draw the same bits and round alike.
+ *
  * Work is split across `nworkers` callers: worker w handles the elements [N*w/W, N*(w+1)/W) of the
  * concatenation of all tensors (N elements in all), so one call per thread updates many tensors.
  */
@@ -69,17 +75,53 @@ static inline uint16_t f16_store(float f) {
     return (uint16_t)((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
 }
 
+/* Wellons' lowbias32 integer hash, and the uniform in [0, 1) of element i under keys (k1, k2). */
+static inline uint32_t mix32(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
+    x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    return x ^ (x >> 16);
+}
+
+static inline float uniform24(int64_t i, uint32_t k1, uint32_t k2) {
+    return (float)(mix32(mix32((uint32_t)i ^ k1) + k2) >> 8) * 0x1.0p-24f;
+}
+
+/* Stochastic rounding of float x to a 16-bit format with loader LOAD and round-to-nearest STORE. */
+#define DEFINE_STOCHASTIC_STORE(NAME, LOAD, STORE)                                         \
+    static inline uint16_t NAME(float x, float r) {                                        \
+        const uint16_t y = STORE(x);                                                       \
+        const float yf = LOAD(y), ax = fabsf(x), ay = fabsf(yf);                           \
+        const int up = ay < ax; /* nearest went towards zero: the other neighbour is further out */ \
+        const uint16_t o = (uint16_t)(y + (up ? 1u : 0xFFFFu));                            \
+        const float ao = fabsf(LOAD(o));                                                   \
+        const float a = up ? ay : ao, b = up ? ao : ay;                                    \
+        const float prob = (ax - a) / (b - a);                                             \
+        const uint16_t rounded = r < prob ? (up ? o : y) : (up ? y : o);                   \
+        return (yf == x || x != x) ? y : rounded;                                          \
+    }
+
 #define ID_LOAD(x) (x)
 #define F32_STORE(x) (x)
+DEFINE_STOCHASTIC_STORE(bf16_store_sr, bf16_load, bf16_store)
+DEFINE_STOCHASTIC_STORE(f16_store_sr, f16_load, f16_store)
+#define NO_SR(x, r) (x) /* float32/float64 storage never rounds stochastically (keys is NULL) */
+
+/* The stores of the loops: PLAIN rounds to nearest, SR stochastically with the tensor's keys. */
+#define PLAIN(STORE, SRSTORE, x, k1, k2) STORE(x)
+#define SR(STORE, SRSTORE, x, k1, k2) SRSTORE(x, uniform24(i, k1, k2))
 
 #define SIGN(OT, c) ((OT)(((c) > 0) - ((c) < 0)))
+/* x clamped to [-1, 1], NaN staying NaN as with torch.clamp (fmin/fmax would drop the NaN) */
+#define CLAMP1(OT, x) ((x) < (OT)-1 ? (OT)-1 : ((x) > (OT)1 ? (OT)1 : (x)))
 
 /* The direction grad K(c) of each elementwise kernel, with parameter kp. */
-#define DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX)                                  \
+#define DIRECTION(OT, POW, FABS, HYPOT, TANH)                                  \
     (kernel == K_SIGN           ? SIGN(OT, c)                                              \
      : kernel == K_POWER        ? SIGN(OT, c) * POW(FABS(c), kp)                           \
      : kernel == K_QUADRATIC    ? c                                                        \
-     : kernel == K_HUBER        ? FMIN(FMAX(c / kp, (OT)-1), (OT)1)                        \
+     : kernel == K_HUBER        ? CLAMP1(OT, c / kp)                        \
      : kernel == K_RELATIVISTIC ? c / HYPOT(c, kp)                                         \
                                 : TANH(c / kp))
 
@@ -116,7 +158,7 @@ static inline uint16_t f16_store(float f) {
     const OT b2 = (OT)b2_d, omb2 = (OT)omb2_d, gsign = maximize ? (OT)-1 : (OT)1;                         \
     (void)lr; (void)decay; (void)b2; (void)omb2;
 
-#define DEFINE_STEP(SUFFIX, ST, OT, LOAD, STORE, POW, FABS, HYPOT, TANH, FMIN, FMAX)                      \
+#define DEFINE_STEP(SUFFIX, ST, OT, LOAD, STORE, SRSTORE, POW, FABS, HYPOT, TANH)                      \
     /* counts[t] += number of entries of this worker's share of tensor t with u*g > 0 */                 \
     void lion_agree_##SUFFIX(ARGS, int64_t *counts) {                                                    \
         SCALARS(OT)                                                                                       \
@@ -124,44 +166,60 @@ static inline uint16_t f16_store(float f) {
             const ST *restrict gs = (const ST *)gp[t]; const ST *restrict ms = (const ST *)mp[t];        \
             int64_t agree = 0;                                                                            \
             if (skip) {                                                                                   \
-                AGREE_LOOP(OT, LOAD, DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX), 1)                \
+                AGREE_LOOP(OT, LOAD, DIRECTION(OT, POW, FABS, HYPOT, TANH), 1)                \
             } else {                                                                                      \
                 switch (kernel) { /* one loop per kernel so that each vectorises */                       \
                     case K_SIGN: AGREE_LOOP(OT, LOAD, SIGN(OT, c), 0) break;                              \
                     case K_QUADRATIC: AGREE_LOOP(OT, LOAD, c, 0) break;                                   \
-                    case K_HUBER: AGREE_LOOP(OT, LOAD, FMIN(FMAX(c / kp, (OT)-1), (OT)1), 0) break;       \
-                    default: AGREE_LOOP(OT, LOAD, DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX), 0)   \
+                    case K_HUBER: AGREE_LOOP(OT, LOAD, CLAMP1(OT, c / kp), 0) break;       \
+                    default: AGREE_LOOP(OT, LOAD, DIRECTION(OT, POW, FABS, HYPOT, TANH), 0)   \
                 }                                                                                         \
             }                                                                                             \
             counts[t] += agree;)                                                                          \
     }                                                                                                     \
-    /* the step; denominators[t] (cautious only, else NULL) = max(agree/numel, 1e-3) of tensor t */       \
-    void lion_step_##SUFFIX(ARGS, const double *denominators) {                                          \
+    /* the step; denominators[t] (cautious only, else NULL) = max(agree/numel, 1e-3) of tensor t;      \
+       keys (stochastic rounding, else NULL): 4 per tensor */                                            \
+    void lion_step_##SUFFIX(ARGS, const double *denominators, const uint32_t *keys) {                    \
         SCALARS(OT)                                                                                       \
         FOR_WORKER_SEGMENTS(                                                                              \
             ST *restrict ps = (ST *)pp[t]; const ST *restrict gs = (const ST *)gp[t];                    \
             ST *restrict ms = (ST *)mp[t];                                                                \
-            if (denominators) {                                                                           \
-                const OT denom = (OT)denominators[t];                                                     \
-                if (skip) {                                                                               \
-                    CAUTIOUS_LOOP(OT, LOAD, STORE, DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX), 1)  \
+            if (keys) {                                                                                   \
+                const uint32_t *tk = keys + 4 * t; /* no commas here: this is a macro argument */       \
+                const uint32_t pk1 = tk[0]; const uint32_t pk2 = tk[1];                                   \
+                const uint32_t mk1 = tk[2]; const uint32_t mk2 = tk[3];                                   \
+                const OT denom = denominators ? (OT)denominators[t] : (OT)1;                              \
+                if (denominators) {                                                                       \
+                    CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, SR, DIRECTION(OT, POW, FABS, HYPOT, TANH), skip)  \
+                } else if (skip) {                                                                        \
+                    STEP_LOOP(OT, LOAD, STORE, SRSTORE, SR, DIRECTION(OT, POW, FABS, HYPOT, TANH), 1)         \
                 } else {                                                                                  \
                     switch (kernel) { /* one loop per kernel so that each vectorises */                   \
-                        case K_SIGN: CAUTIOUS_LOOP(OT, LOAD, STORE, SIGN(OT, c), 0) break;                \
-                        case K_QUADRATIC: CAUTIOUS_LOOP(OT, LOAD, STORE, c, 0) break;                     \
-                        case K_HUBER: CAUTIOUS_LOOP(OT, LOAD, STORE, FMIN(FMAX(c / kp, (OT)-1), (OT)1), 0) break; \
-                        default: CAUTIOUS_LOOP(OT, LOAD, STORE, DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX), 0) \
+                        case K_SIGN: STEP_LOOP(OT, LOAD, STORE, SRSTORE, SR, SIGN(OT, c), 0) break;                       \
+                        default: STEP_LOOP(OT, LOAD, STORE, SRSTORE, SR, DIRECTION(OT, POW, FABS, HYPOT, TANH), 0) \
+                    }                                                                                     \
+                }                                                                                         \
+            } else if (denominators) {                                                                    \
+                const OT denom = (OT)denominators[t];                                                     \
+                if (skip) {                                                                               \
+                    CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, PLAIN, DIRECTION(OT, POW, FABS, HYPOT, TANH), 1)  \
+                } else {                                                                                  \
+                    switch (kernel) { /* one loop per kernel so that each vectorises */                   \
+                        case K_SIGN: CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, PLAIN, SIGN(OT, c), 0) break;                \
+                        case K_QUADRATIC: CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, PLAIN, c, 0) break;                     \
+                        case K_HUBER: CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, PLAIN, CLAMP1(OT, c / kp), 0) break; \
+                        default: CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, PLAIN, DIRECTION(OT, POW, FABS, HYPOT, TANH), 0) \
                     }                                                                                     \
                 }                                                                                         \
             } else {                                                                                      \
                 if (skip) {                                                                               \
-                    STEP_LOOP(OT, LOAD, STORE, DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX), 1)      \
+                    STEP_LOOP(OT, LOAD, STORE, SRSTORE, PLAIN, DIRECTION(OT, POW, FABS, HYPOT, TANH), 1)      \
                 } else {                                                                                  \
                     switch (kernel) { /* one loop per kernel so that each vectorises */                   \
-                        case K_SIGN: STEP_LOOP(OT, LOAD, STORE, SIGN(OT, c), 0) break;                    \
-                        case K_QUADRATIC: STEP_LOOP(OT, LOAD, STORE, c, 0) break;                         \
-                        case K_HUBER: STEP_LOOP(OT, LOAD, STORE, FMIN(FMAX(c / kp, (OT)-1), (OT)1), 0) break; \
-                        default: STEP_LOOP(OT, LOAD, STORE, DIRECTION(OT, POW, FABS, HYPOT, TANH, FMIN, FMAX), 0) \
+                        case K_SIGN: STEP_LOOP(OT, LOAD, STORE, SRSTORE, PLAIN, SIGN(OT, c), 0) break;                    \
+                        case K_QUADRATIC: STEP_LOOP(OT, LOAD, STORE, SRSTORE, PLAIN, c, 0) break;                         \
+                        case K_HUBER: STEP_LOOP(OT, LOAD, STORE, SRSTORE, PLAIN, CLAMP1(OT, c / kp), 0) break; \
+                        default: STEP_LOOP(OT, LOAD, STORE, SRSTORE, PLAIN, DIRECTION(OT, POW, FABS, HYPOT, TANH), 0) \
                     }                                                                                     \
                 }                                                                                         \
             })                                                                                            \
@@ -175,26 +233,26 @@ static inline uint16_t f16_store(float f) {
         agree += u * g > 0;                                                                \
     }
 
-#define CAUTIOUS_LOOP(OT, LOAD, STORE, KEXPR, SKIP)                                        \
+#define CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, ROUND, KEXPR, SKIP)                                        \
     for (int64_t i = lo; i < hi; ++i) {                                                    \
         LOAD_GC(OT, LOAD, SKIP)                                                            \
         OT p = LOAD(ps[i]);                                                                \
         OT u = (KEXPR);                                                                    \
         u = u * (OT)(u * g > 0) / denom + (c - c);                                         \
-        ps[i] = STORE(bad ? p : p * decay - u * lr);                                       \
-        ms[i] = STORE(bad ? m : m * b2 + g * omb2);                                        \
+        ps[i] = ROUND(STORE, SRSTORE, bad ? p : p * decay - u * lr, pk1, pk2);                                 \
+        ms[i] = ROUND(STORE, SRSTORE, bad ? m : m * b2 + g * omb2, mk1, mk2);                                 \
     }
 
-#define STEP_LOOP(OT, LOAD, STORE, KEXPR, SKIP)                                            \
+#define STEP_LOOP(OT, LOAD, STORE, SRSTORE, ROUND, KEXPR, SKIP)                                            \
     for (int64_t i = lo; i < hi; ++i) {                                                    \
         LOAD_GC(OT, LOAD, SKIP)                                                            \
         OT p = LOAD(ps[i]);                                                                \
         OT u = (KEXPR) + (c - c);                                                          \
-        ps[i] = STORE(bad ? p : p * decay - u * lr);                                       \
-        ms[i] = STORE(bad ? m : m * b2 + g * omb2);                                        \
+        ps[i] = ROUND(STORE, SRSTORE, bad ? p : p * decay - u * lr, pk1, pk2);                                 \
+        ms[i] = ROUND(STORE, SRSTORE, bad ? m : m * b2 + g * omb2, mk1, mk2);                                 \
     }
 
-DEFINE_STEP(f32, float, float, ID_LOAD, F32_STORE, powf, fabsf, hypotf, tanhf, fminf, fmaxf)
-DEFINE_STEP(f64, double, double, ID_LOAD, F32_STORE, pow, fabs, hypot, tanh, fmin, fmax)
-DEFINE_STEP(bf16, uint16_t, float, bf16_load, bf16_store, powf, fabsf, hypotf, tanhf, fminf, fmaxf)
-DEFINE_STEP(f16, uint16_t, float, f16_load, f16_store, powf, fabsf, hypotf, tanhf, fminf, fmaxf)
+DEFINE_STEP(f32, float, float, ID_LOAD, F32_STORE, NO_SR, powf, fabsf, hypotf, tanhf)
+DEFINE_STEP(f64, double, double, ID_LOAD, F32_STORE, NO_SR, pow, fabs, hypot, tanh)
+DEFINE_STEP(bf16, uint16_t, float, bf16_load, bf16_store, bf16_store_sr, powf, fabsf, hypotf, tanhf)
+DEFINE_STEP(f16, uint16_t, float, f16_load, f16_store, f16_store_sr, powf, fabsf, hypotf, tanhf)

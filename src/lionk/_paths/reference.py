@@ -16,7 +16,9 @@ gradient is replaced by the momentum when forming ``c`` and their results are ma
 With ``cautious=True`` (Cautious Optimizers, Liang et al. 2024) only the entries whose update agrees in
 sign with the current gradient are kept, rescaled by the agreeing fraction of the whole tensor:
 ``u = u * (u*g > 0) / max(count(u*g > 0) / numel, 1e-3)``.
-Complex tensors are updated as pairs of reals (``torch.view_as_real``).
+Complex tensors are updated as pairs of reals (``torch.view_as_real``). The momentum may be stored in
+another dtype than the parameter (``momentum_dtype``); with ``rounding_keys`` the bfloat16/float16
+stores of weight and momentum round stochastically (:mod:`lionk.precision`), else to nearest.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import Kernel
+from ..precision import store
 
 CAUTIOUS_FLOOR = 1e-3  # the cautious rescaling divides by the agreeing fraction, but never by less than this
 
@@ -63,9 +66,10 @@ def lion_reference(
     maximize: bool,
     nonfinite: str,
     cautious: bool = False,
+    rounding_keys: list[tuple[int, int, int, int]] | None = None,
 ) -> None:
     skip = nonfinite == "skip"
-    for param, grad, exp_avg in zip(params, grads, exp_avgs):
+    for i, (param, grad, exp_avg) in enumerate(zip(params, grads, exp_avgs)):
         p_store, m_store = as_real(param), as_real(exp_avg)
         opmath = opmath_dtype(p_store.dtype)
         p = p_store.to(opmath)
@@ -86,5 +90,6 @@ def lion_reference(
         if skip:
             new_p = torch.where(bad, p, new_p)
             new_m = torch.where(bad, m, new_m)
-        p_store.copy_(new_p)
-        m_store.copy_(new_m)
+        keys = None if rounding_keys is None else rounding_keys[i]
+        store(p_store, new_p, None if keys is None else keys[:2])
+        store(m_store, new_m, None if keys is None else keys[2:])
