@@ -202,11 +202,15 @@ class Lion(torch.optim.Optimizer):
         torch.optim casts floating state to the parameter's dtype on load, which would turn bfloat16
         momenta of float32 parameters into float32 and round float32 int8 scales to a bfloat16
         parameter's precision. Here every tensor keeps the dtype it was saved with (moved to its
-        parameter's device); a momentum saved in another storage than its group's ``momentum_dtype``
-        is converted at the next step.
+        parameter's device). The storage stays this optimizer's choice: each group keeps its
+        ``momentum_dtype``, and a momentum saved in another storage is converted at the next step (a
+        float32 checkpoint loads into an int8 optimizer, and back).
         """
         saved = {key: dict(value) for key, value in state_dict["state"].items()}
+        storages = [group["momentum_dtype"] for group in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, storage in zip(self.param_groups, storages):
+            group["momentum_dtype"] = storage
         params = [p for group in self.param_groups for p in group["params"]]
         for key, entries in saved.items():
             if not isinstance(key, int) or not 0 <= key < len(params):
