@@ -206,3 +206,32 @@ def test_cuda_default_path_matches_cpu_reference(dtype):
         lionk.lion(ps, gs, ms, lr=1e-2, beta1=0.9, beta2=0.99, weight_decay=0.1, fused=False if ps is cpu else None)
     for a, b in zip(cpu, gpu):
         torch.testing.assert_close(b.cpu(), a, rtol=torch.finfo(dtype).eps, atol=0)
+
+
+MIXED = [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32), (torch.float16, torch.float32), (torch.float16, torch.bfloat16)]
+
+
+@pytest.mark.parametrize("p_dtype, m_dtype", MIXED, ids=str)
+@pytest.mark.parametrize("kernel", ["sign", "huber(a=0.5)"])
+@pytest.mark.parametrize("stochastic", [False, True])
+@pytest.mark.parametrize("cautious", [False, True])
+def test_momentum_in_another_dtype_bitwise_equal_reference(p_dtype, m_dtype, kernel, stochastic, cautious):
+    """momentum_dtype storage in the C loops: same results as the reference on the same mixed storage."""
+    params = _shapes_and_layouts(p_dtype)
+    fused_params = [p.clone() for p in params]
+    exp_avgs = [torch.zeros_like(p, dtype=m_dtype) for p in params]
+    fused_avgs = [torch.zeros_like(p, dtype=m_dtype) for p in params]
+    gen = torch.Generator().manual_seed(2)
+    kw = dict(lr=LR, beta1=0.9, beta2=0.99, weight_decay=0.3, kernel=get_kernel(kernel), maximize=False, nonfinite="skip")
+    kw["cautious"] = cautious
+    for step in range(3):
+        if stochastic:
+            kw["rounding_keys"] = [rounding_keys(i, step) for i in range(len(params))]
+        grads = [torch.empty_like(p).copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64)) for p in params]
+        if step == 1:
+            grads[5][35_000] = float("nan")
+        assert cpu_fused._shares_dense_layout(params[5], grads[5], exp_avgs[5])  # the big tensor runs in C
+        lion_reference(params, grads, exp_avgs, **kw)
+        cpu_fused.lion_cpu_fused(fused_params, [g.clone() for g in grads], fused_avgs, **kw)
+    for a, b in zip(params + exp_avgs, fused_params + fused_avgs):
+        assert a.dtype == b.dtype and torch.equal(a, b)

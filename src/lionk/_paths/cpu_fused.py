@@ -37,7 +37,14 @@ from .reference import CAUTIOUS_FLOOR, as_real, lion_reference
 
 _SOURCE = Path(__file__).with_name("lion_cpu.c")
 _FLAGS = ["-O3", "-march=native", "-std=gnu11", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
-_SUFFIXES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
+_NAMES = {torch.float32: "f32", torch.float64: "f64", torch.bfloat16: "bf16", torch.float16: "f16"}
+# (param/grad dtype, momentum dtype) -> the C function suffix
+_SUFFIXES = {(dtype, dtype): name for dtype, name in _NAMES.items()} | {
+    (torch.float32, torch.bfloat16): "f32_mbf16",
+    (torch.bfloat16, torch.float32): "bf16_mf32",
+    (torch.float16, torch.float32): "f16_mf32",
+    (torch.float16, torch.bfloat16): "f16_mbf16",
+}
 _KERNEL_IDS: dict[type[Kernel], int] = {Sign: 0, Power: 1, Quadratic: 2, Huber: 3, Relativistic: 4, Tanh: 5}
 # Below this many elements in a step, one thread does all the work (thread hand-off costs ~20 us).
 _MIN_ELEMENTS_PER_THREAD = 1 << 15
@@ -128,8 +135,9 @@ def _kernel_parameter(kernel: Kernel) -> float:
 
 
 def _shares_dense_layout(p: Tensor, g: Tensor, m: Tensor) -> bool:
-    """True when the three tensors cover their memory densely with the same strides (elementwise = flat)."""
-    if not (p.stride() == g.stride() == m.stride() and p.dtype == g.dtype == m.dtype):
+    """True when the three tensors cover their memory densely with the same strides (elementwise = flat),
+    the gradient has the parameter's dtype and the momentum a dtype the C loops take with it."""
+    if not (p.stride() == g.stride() == m.stride() and p.dtype == g.dtype and (p.dtype, m.dtype) in _SUFFIXES):
         return False
     return p.is_contiguous() or p.is_contiguous(memory_format=torch.channels_last) or p.dim() == 0
 
@@ -172,27 +180,27 @@ def lion_cpu_fused(
     scalars = dict(
         lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, kernel=kernel, maximize=maximize, nonfinite=nonfinite, cautious=cautious
     )
-    by_dtype: dict[tuple[torch.dtype, bool], tuple[list, list, list, list]] = {}
+    by_dtype: dict[tuple[torch.dtype, torch.dtype, bool], tuple[list, list, list, list]] = {}
     for i, (param, grad, exp_avg) in enumerate(zip(params, grads, exp_avgs)):
         p, g, m = as_real(param), as_real(grad), as_real(exp_avg)
-        if p.device.type != "cpu" or p.dtype not in _SUFFIXES:
+        if p.device.type != "cpu" or p.dtype not in _NAMES:
             raise RuntimeError(f"the fused CPU path needs CPU float tensors, got {p.dtype} on {p.device}")
-        keys = None if rounding_keys is None or p.dtype not in (torch.bfloat16, torch.float16) else rounding_keys[i]
+        keys = None if rounding_keys is None or not {p.dtype, m.dtype} & {torch.bfloat16, torch.float16} else rounding_keys[i]
         if not _shares_dense_layout(p, g, m):
             lion_reference([param], [grad], [exp_avg], **scalars, rounding_keys=None if keys is None else [keys])
             continue
         if p.numel():
-            bucket = by_dtype.setdefault((p.dtype, keys is not None), ([], [], [], []))
+            bucket = by_dtype.setdefault((p.dtype, m.dtype, keys is not None), ([], [], [], []))
             for lst, t in zip(bucket, (p, g, m, keys)):
                 lst.append(t)
     kernel_id, kparam = _KERNEL_IDS[type(kernel)], _kernel_parameter(kernel)
-    for (dtype, stochastic), (ps, gs, ms, ks) in by_dtype.items():
+    for (dtype, m_dtype, stochastic), (ps, gs, ms, ks) in by_dtype.items():
         n = len(ps)
         key_array = (ctypes.c_uint32 * (4 * n))(*[k for key in ks for k in key]) if stochastic else None
         pointers = [(ctypes.c_void_p * n)(*[t.data_ptr() for t in ts]) for ts in (ps, gs, ms)]
         numels = (ctypes.c_int64 * n)(*[t.numel() for t in ps])
         total = sum(numels)
-        suffix = _SUFFIXES[dtype]
+        suffix = _SUFFIXES[dtype, m_dtype]
         common = (kernel_id, kparam, lr, 1 - lr * weight_decay, beta1, 1 - beta1, beta2, 1 - beta2, int(maximize), int(nonfinite == "skip"))
         head = (n, *pointers, numels)
         threads = 1 if total < 2 * _MIN_ELEMENTS_PER_THREAD else max(1, torch.get_num_threads())

@@ -103,7 +103,7 @@ static inline float uniform24(int64_t i, uint32_t k1, uint32_t k2) {
     }
 
 #define ID_LOAD(x) (x)
-#define F32_STORE(x) (x)
+#define ID_STORE(x) (x)
 DEFINE_STOCHASTIC_STORE(bf16_store_sr, bf16_load, bf16_store)
 DEFINE_STOCHASTIC_STORE(f16_store_sr, f16_load, f16_store)
 #define NO_SR(x, r) (x) /* float32/float64 storage never rounds stochastically (keys is NULL) */
@@ -127,9 +127,9 @@ DEFINE_STOCHASTIC_STORE(f16_store_sr, f16_load, f16_store)
 
 /* Loads one element and forms g (maximize, skip) and c; SKIP is a constant in the hot loops, so that
    the loop without skipping has no mask to vectorise. */
-#define LOAD_GC(OT, LOAD, SKIP)                                                            \
+#define LOAD_GC(OT, LOAD, MLOAD, SKIP)                                                            \
     OT g = LOAD(gs[i]) * gsign;                                                            \
-    OT m = LOAD(ms[i]);                                                                    \
+    OT m = MLOAD(ms[i]);                                                                   \
     int bad = (SKIP) & !isfinite(g);                                                       \
     g = bad ? m : g;                                                                       \
     OT c = m * b1 + g * omb1;
@@ -158,21 +158,21 @@ DEFINE_STOCHASTIC_STORE(f16_store_sr, f16_load, f16_store)
     const OT b2 = (OT)b2_d, omb2 = (OT)omb2_d, gsign = maximize ? (OT)-1 : (OT)1;                         \
     (void)lr; (void)decay; (void)b2; (void)omb2;
 
-#define DEFINE_STEP(SUFFIX, ST, OT, LOAD, STORE, SRSTORE, POW, FABS, HYPOT, TANH)                      \
+#define DEFINE_STEP(SUFFIX, ST, MT, OT, LOAD, STORE, SRSTORE, MLOAD, MSTORE, MSRSTORE, POW, FABS, HYPOT, TANH)                      \
     /* counts[t] += number of entries of this worker's share of tensor t with u*g > 0 */                 \
     void lion_agree_##SUFFIX(ARGS, int64_t *counts) {                                                    \
         SCALARS(OT)                                                                                       \
         FOR_WORKER_SEGMENTS(                                                                              \
-            const ST *restrict gs = (const ST *)gp[t]; const ST *restrict ms = (const ST *)mp[t];        \
+            const ST *restrict gs = (const ST *)gp[t]; const MT *restrict ms = (const MT *)mp[t];        \
             int64_t agree = 0;                                                                            \
             if (skip) {                                                                                   \
-                AGREE_LOOP(OT, LOAD, DIRECTION(OT, POW, FABS, HYPOT, TANH), 1)                \
+                AGREE_LOOP(OT, LOAD, MLOAD, DIRECTION(OT, POW, FABS, HYPOT, TANH), 1)                \
             } else {                                                                                      \
                 switch (kernel) { /* one loop per kernel so that each vectorises */                       \
-                    case K_SIGN: AGREE_LOOP(OT, LOAD, SIGN(OT, c), 0) break;                              \
-                    case K_QUADRATIC: AGREE_LOOP(OT, LOAD, c, 0) break;                                   \
-                    case K_HUBER: AGREE_LOOP(OT, LOAD, CLAMP1(OT, c / kp), 0) break;       \
-                    default: AGREE_LOOP(OT, LOAD, DIRECTION(OT, POW, FABS, HYPOT, TANH), 0)   \
+                    case K_SIGN: AGREE_LOOP(OT, LOAD, MLOAD, SIGN(OT, c), 0) break;                              \
+                    case K_QUADRATIC: AGREE_LOOP(OT, LOAD, MLOAD, c, 0) break;                                   \
+                    case K_HUBER: AGREE_LOOP(OT, LOAD, MLOAD, CLAMP1(OT, c / kp), 0) break;       \
+                    default: AGREE_LOOP(OT, LOAD, MLOAD, DIRECTION(OT, POW, FABS, HYPOT, TANH), 0)   \
                 }                                                                                         \
             }                                                                                             \
             counts[t] += agree;)                                                                          \
@@ -183,76 +183,88 @@ DEFINE_STOCHASTIC_STORE(f16_store_sr, f16_load, f16_store)
         SCALARS(OT)                                                                                       \
         FOR_WORKER_SEGMENTS(                                                                              \
             ST *restrict ps = (ST *)pp[t]; const ST *restrict gs = (const ST *)gp[t];                    \
-            ST *restrict ms = (ST *)mp[t];                                                                \
+            MT *restrict ms = (MT *)mp[t];                                                                \
             if (keys) {                                                                                   \
                 const uint32_t *tk = keys + 4 * t; /* no commas here: this is a macro argument */       \
                 const uint32_t pk1 = tk[0]; const uint32_t pk2 = tk[1];                                   \
                 const uint32_t mk1 = tk[2]; const uint32_t mk2 = tk[3];                                   \
                 const OT denom = denominators ? (OT)denominators[t] : (OT)1;                              \
                 if (denominators) {                                                                       \
-                    CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, SR, DIRECTION(OT, POW, FABS, HYPOT, TANH), skip)  \
+                    CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, MLOAD, MSTORE, MSRSTORE, SR, DIRECTION(OT, POW, FABS, HYPOT, TANH), skip)  \
                 } else if (skip) {                                                                        \
-                    STEP_LOOP(OT, LOAD, STORE, SRSTORE, SR, DIRECTION(OT, POW, FABS, HYPOT, TANH), 1)         \
+                    STEP_LOOP(OT, LOAD, STORE, SRSTORE, MLOAD, MSTORE, MSRSTORE, SR, DIRECTION(OT, POW, FABS, HYPOT, TANH), 1)         \
                 } else {                                                                                  \
                     switch (kernel) { /* one loop per kernel so that each vectorises */                   \
-                        case K_SIGN: STEP_LOOP(OT, LOAD, STORE, SRSTORE, SR, SIGN(OT, c), 0) break;                       \
-                        default: STEP_LOOP(OT, LOAD, STORE, SRSTORE, SR, DIRECTION(OT, POW, FABS, HYPOT, TANH), 0) \
+                        case K_SIGN: STEP_LOOP(OT, LOAD, STORE, SRSTORE, MLOAD, MSTORE, MSRSTORE, SR, SIGN(OT, c), 0) break;                       \
+                        default: STEP_LOOP(OT, LOAD, STORE, SRSTORE, MLOAD, MSTORE, MSRSTORE, SR, DIRECTION(OT, POW, FABS, HYPOT, TANH), 0) \
                     }                                                                                     \
                 }                                                                                         \
             } else if (denominators) {                                                                    \
                 const OT denom = (OT)denominators[t];                                                     \
                 if (skip) {                                                                               \
-                    CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, PLAIN, DIRECTION(OT, POW, FABS, HYPOT, TANH), 1)  \
+                    CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, MLOAD, MSTORE, MSRSTORE, PLAIN, DIRECTION(OT, POW, FABS, HYPOT, TANH), 1)  \
                 } else {                                                                                  \
                     switch (kernel) { /* one loop per kernel so that each vectorises */                   \
-                        case K_SIGN: CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, PLAIN, SIGN(OT, c), 0) break;                \
-                        case K_QUADRATIC: CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, PLAIN, c, 0) break;                     \
-                        case K_HUBER: CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, PLAIN, CLAMP1(OT, c / kp), 0) break; \
-                        default: CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, PLAIN, DIRECTION(OT, POW, FABS, HYPOT, TANH), 0) \
+                        case K_SIGN: CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, MLOAD, MSTORE, MSRSTORE, PLAIN, SIGN(OT, c), 0) break;                \
+                        case K_QUADRATIC: CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, MLOAD, MSTORE, MSRSTORE, PLAIN, c, 0) break;                     \
+                        case K_HUBER: CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, MLOAD, MSTORE, MSRSTORE, PLAIN, CLAMP1(OT, c / kp), 0) break; \
+                        default: CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, MLOAD, MSTORE, MSRSTORE, PLAIN, DIRECTION(OT, POW, FABS, HYPOT, TANH), 0) \
                     }                                                                                     \
                 }                                                                                         \
             } else {                                                                                      \
                 if (skip) {                                                                               \
-                    STEP_LOOP(OT, LOAD, STORE, SRSTORE, PLAIN, DIRECTION(OT, POW, FABS, HYPOT, TANH), 1)      \
+                    STEP_LOOP(OT, LOAD, STORE, SRSTORE, MLOAD, MSTORE, MSRSTORE, PLAIN, DIRECTION(OT, POW, FABS, HYPOT, TANH), 1)      \
                 } else {                                                                                  \
                     switch (kernel) { /* one loop per kernel so that each vectorises */                   \
-                        case K_SIGN: STEP_LOOP(OT, LOAD, STORE, SRSTORE, PLAIN, SIGN(OT, c), 0) break;                    \
-                        case K_QUADRATIC: STEP_LOOP(OT, LOAD, STORE, SRSTORE, PLAIN, c, 0) break;                         \
-                        case K_HUBER: STEP_LOOP(OT, LOAD, STORE, SRSTORE, PLAIN, CLAMP1(OT, c / kp), 0) break; \
-                        default: STEP_LOOP(OT, LOAD, STORE, SRSTORE, PLAIN, DIRECTION(OT, POW, FABS, HYPOT, TANH), 0) \
+                        case K_SIGN: STEP_LOOP(OT, LOAD, STORE, SRSTORE, MLOAD, MSTORE, MSRSTORE, PLAIN, SIGN(OT, c), 0) break;                    \
+                        case K_QUADRATIC: STEP_LOOP(OT, LOAD, STORE, SRSTORE, MLOAD, MSTORE, MSRSTORE, PLAIN, c, 0) break;                         \
+                        case K_HUBER: STEP_LOOP(OT, LOAD, STORE, SRSTORE, MLOAD, MSTORE, MSRSTORE, PLAIN, CLAMP1(OT, c / kp), 0) break; \
+                        default: STEP_LOOP(OT, LOAD, STORE, SRSTORE, MLOAD, MSTORE, MSRSTORE, PLAIN, DIRECTION(OT, POW, FABS, HYPOT, TANH), 0) \
                     }                                                                                     \
                 }                                                                                         \
             })                                                                                            \
     }
 
-#define AGREE_LOOP(OT, LOAD, KEXPR, SKIP)                                                  \
+#define AGREE_LOOP(OT, LOAD, MLOAD, KEXPR, SKIP)                                                  \
     for (int64_t i = lo; i < hi; ++i) {                                                    \
-        LOAD_GC(OT, LOAD, SKIP)                                                            \
+        LOAD_GC(OT, LOAD, MLOAD, SKIP)                                                            \
         (void)bad;                                                                         \
         OT u = (KEXPR);                                                                    \
         agree += u * g > 0;                                                                \
     }
 
-#define CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, ROUND, KEXPR, SKIP)                                        \
+#define CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, MLOAD, MSTORE, MSRSTORE, ROUND, KEXPR, SKIP)                                        \
     for (int64_t i = lo; i < hi; ++i) {                                                    \
-        LOAD_GC(OT, LOAD, SKIP)                                                            \
+        LOAD_GC(OT, LOAD, MLOAD, SKIP)                                                            \
         OT p = LOAD(ps[i]);                                                                \
         OT u = (KEXPR);                                                                    \
         u = u * (OT)(u * g > 0) / denom + (c - c);                                         \
         ps[i] = ROUND(STORE, SRSTORE, bad ? p : p * decay - u * lr, pk1, pk2);                                 \
-        ms[i] = ROUND(STORE, SRSTORE, bad ? m : m * b2 + g * omb2, mk1, mk2);                                 \
+        ms[i] = ROUND(MSTORE, MSRSTORE, bad ? m : m * b2 + g * omb2, mk1, mk2);                                 \
     }
 
-#define STEP_LOOP(OT, LOAD, STORE, SRSTORE, ROUND, KEXPR, SKIP)                                            \
+#define STEP_LOOP(OT, LOAD, STORE, SRSTORE, MLOAD, MSTORE, MSRSTORE, ROUND, KEXPR, SKIP)                                            \
     for (int64_t i = lo; i < hi; ++i) {                                                    \
-        LOAD_GC(OT, LOAD, SKIP)                                                            \
+        LOAD_GC(OT, LOAD, MLOAD, SKIP)                                                            \
         OT p = LOAD(ps[i]);                                                                \
         OT u = (KEXPR) + (c - c);                                                          \
         ps[i] = ROUND(STORE, SRSTORE, bad ? p : p * decay - u * lr, pk1, pk2);                                 \
-        ms[i] = ROUND(STORE, SRSTORE, bad ? m : m * b2 + g * omb2, mk1, mk2);                                 \
+        ms[i] = ROUND(MSTORE, MSRSTORE, bad ? m : m * b2 + g * omb2, mk1, mk2);                                 \
     }
 
-DEFINE_STEP(f32, float, float, ID_LOAD, F32_STORE, NO_SR, powf, fabsf, hypotf, tanhf)
-DEFINE_STEP(f64, double, double, ID_LOAD, F32_STORE, NO_SR, pow, fabs, hypot, tanh)
-DEFINE_STEP(bf16, uint16_t, float, bf16_load, bf16_store, bf16_store_sr, powf, fabsf, hypotf, tanhf)
-DEFINE_STEP(f16, uint16_t, float, f16_load, f16_store, f16_store_sr, powf, fabsf, hypotf, tanhf)
+/* SUFFIX: param (and grad) storage, then _m<momentum storage> where the momentum is stored otherwise */
+#define F32_IO float, ID_LOAD, ID_STORE, NO_SR
+#define F64_IO double, ID_LOAD, ID_STORE, NO_SR
+#define BF16_IO uint16_t, bf16_load, bf16_store, bf16_store_sr
+#define F16_IO uint16_t, f16_load, f16_store, f16_store_sr
+#define STEP_TYPES(SUFFIX, P, M, OT, ...) DEFINE_STEP_(SUFFIX, P, M, OT, __VA_ARGS__)
+#define DEFINE_STEP_(SUFFIX, ST, LOAD, STORE, SRSTORE, MT, MLOAD, MSTORE, MSRSTORE, OT, POW, FABS, HYPOT, TANH) \
+    DEFINE_STEP(SUFFIX, ST, MT, OT, LOAD, STORE, SRSTORE, MLOAD, MSTORE, MSRSTORE, POW, FABS, HYPOT, TANH)
+STEP_TYPES(f32, F32_IO, F32_IO, float, powf, fabsf, hypotf, tanhf)
+STEP_TYPES(f64, F64_IO, F64_IO, double, pow, fabs, hypot, tanh)
+STEP_TYPES(bf16, BF16_IO, BF16_IO, float, powf, fabsf, hypotf, tanhf)
+STEP_TYPES(f16, F16_IO, F16_IO, float, powf, fabsf, hypotf, tanhf)
+STEP_TYPES(f32_mbf16, F32_IO, BF16_IO, float, powf, fabsf, hypotf, tanhf)
+STEP_TYPES(bf16_mf32, BF16_IO, F32_IO, float, powf, fabsf, hypotf, tanhf)
+STEP_TYPES(f16_mf32, F16_IO, F32_IO, float, powf, fabsf, hypotf, tanhf)
+STEP_TYPES(f16_mbf16, F16_IO, BF16_IO, float, powf, fabsf, hypotf, tanhf)

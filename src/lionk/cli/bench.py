@@ -8,7 +8,8 @@ and writes each parameter, reads its gradient, and reads and writes its state, s
     Lion:  2*P + G + 2*S bytes per parameter (P, G, S = element sizes of param, grad, momentum)
     AdamW: 2*P + G + 4*S (two state buffers)
 
-e.g. 20 and 28 bytes in float32. The roof is the bandwidth of an in-place ``a += s*b`` over a
+e.g. 20 and 28 bytes in float32. Low-bit momentum rows use S = 2 (bfloat16) and S = 1 + 4/256 (int8 codes
+plus one float32 scale per block of 256). The roof is the bandwidth of an in-place ``a += s*b`` over a
 large tensor (12 bytes per float32 element), measured in the same rounds on the same device.
 """
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ..memory import state_bytes
 from . import CLIError
 
 LION_LR, ADAMW_LR = 1e-5, 1e-5  # tiny steps keep the shared parameters finite through many rounds
@@ -37,8 +39,10 @@ class Contender:
     name: str
     family: str  # "lion" or "adamw": which ideal byte count applies
     make: Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+    state_size: float | None = None  # bytes per state element, when not the parameter's element size
     samples_ms: list[float] = field(default_factory=list)
     first_step_ms: float | None = None
+    state_bytes: int | None = None
     error: str | None = None
 
 
@@ -71,8 +75,8 @@ def gpt_shapes(target: int, layers: int, vocab: int = 16384, context: int = 1024
     return shapes_for(d)
 
 
-def _contenders(device: torch.device) -> tuple[list[Contender], list[str]]:
-    """lionk's paths, torch's AdamW variants and every installed peer Lion; and the peers not found."""
+def _contenders(device: torch.device, dtype: torch.dtype) -> tuple[list[Contender], list[str]]:
+    """lionk's paths and storages, torch's AdamW variants and every installed peer Lion; and the peers not found."""
     import lionk
 
     cuda = device.type == "cuda"
@@ -80,6 +84,19 @@ def _contenders(device: torch.device) -> tuple[list[Contender], list[str]]:
         Contender("lionk (default)", "lion", lambda ps: lionk.Lion(ps, lr=LION_LR, weight_decay=0.1)),
         Contender("lionk foreach", "lion", lambda ps: lionk.Lion(ps, lr=LION_LR, weight_decay=0.1, foreach=True, fused=False)),
         Contender("lionk for-loop", "lion", lambda ps: lionk.Lion(ps, lr=LION_LR, weight_decay=0.1, foreach=False, fused=False)),
+    ]
+    if dtype in (torch.bfloat16, torch.float16):  # the default rounds stochastically; this is the contrast
+        contenders.append(
+            Contender("lionk round-to-nearest", "lion", lambda ps: lionk.Lion(ps, lr=LION_LR, weight_decay=0.1, stochastic_rounding=False))
+        )
+    if dtype != torch.bfloat16:
+        contenders.append(
+            Contender("lionk bf16 momentum", "lion", lambda ps: lionk.Lion(ps, lr=LION_LR, weight_decay=0.1, momentum_dtype="bfloat16"), 2)
+        )
+    contenders += [
+        Contender(
+            "lionk int8 momentum", "lion", lambda ps: lionk.Lion(ps, lr=LION_LR, weight_decay=0.1, momentum_dtype="int8"), 1 + 4 / 256
+        ),
         Contender("torch AdamW fused", "adamw", lambda ps: torch.optim.AdamW(ps, lr=ADAMW_LR, fused=True)),
         Contender("torch AdamW foreach", "adamw", lambda ps: torch.optim.AdamW(ps, lr=ADAMW_LR, foreach=True)),
         Contender("torch AdamW for-loop", "adamw", lambda ps: torch.optim.AdamW(ps, lr=ADAMW_LR, foreach=False)),
@@ -123,7 +140,7 @@ def run_bench(size: int, layers: int, dtype: torch.dtype, device: torch.device, 
         p.grad = (torch.randn(p.shape, generator=gen) * 1e-3).to(device=device, dtype=dtype)
     n_params = sum(p.numel() for p in params)
 
-    contenders, missing = _contenders(device)
+    contenders, missing = _contenders(device, dtype)
     optimizers: dict[str, torch.optim.Optimizer] = {}
     for c in contenders:
         try:
@@ -131,6 +148,7 @@ def run_bench(size: int, layers: int, dtype: torch.dtype, device: torch.device, 
             c.first_step_ms = _time_ms(opt.step, device)
             for _ in range(warmup):
                 opt.step()
+            c.state_bytes = state_bytes(opt)
             optimizers[c.name] = opt
         except Exception as err:  # a contender that cannot run here is reported with its reason
             c.error = f"{type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}"
@@ -147,13 +165,16 @@ def run_bench(size: int, layers: int, dtype: torch.dtype, device: torch.device, 
     roof_gbs = 12 * roof_elements / (statistics.median(roof_ms) * 1e-3) / 1e9
 
     elt = torch.empty((), dtype=dtype).element_size()
-    ideal_bytes = {"lion": (2 * elt + elt + 2 * elt) * n_params, "adamw": (2 * elt + elt + 4 * elt) * n_params}
+    state_buffers = {"lion": 2, "adamw": 4}  # state elements read + written per parameter
+    ideal_bytes = {family: (3 * elt + k * elt) * n_params for family, k in state_buffers.items()}
     rows = []
     for c in contenders:
-        row = {"name": c.name, "family": c.family, "first_step_ms": c.first_step_ms, "error": c.error}
+        row = {"name": c.name, "family": c.family, "first_step_ms": c.first_step_ms, "state_bytes": c.state_bytes, "error": c.error}
         if c.samples_ms:
             ms = statistics.median(c.samples_ms)
-            gbs = ideal_bytes[c.family] / (ms * 1e-3) / 1e9
+            ideal = ideal_bytes[c.family] if c.state_size is None else (3 * elt + state_buffers[c.family] * c.state_size) * n_params
+            row["ideal_bytes_per_param"] = ideal / n_params
+            gbs = ideal / (ms * 1e-3) / 1e9
             row.update(ms=ms, ms_min=min(c.samples_ms), gbs=gbs, roof_pct=100 * gbs / roof_gbs, samples_ms=c.samples_ms)
         rows.append(row)
     return {
@@ -194,15 +215,19 @@ def format_report(report: dict) -> str:
         f"Lion {report['ideal_bytes_per_param']['lion']:.0f}, AdamW {report['ideal_bytes_per_param']['adamw']:.0f}; "
         f"median of {report['rounds']} interleaved rounds",
         "",
-        f"{'optimizer':<26}{'ms/step':>10}{'min ms':>10}{'GB/s':>9}{'% roof':>9}{'first step ms':>15}",
+        f"{'optimizer':<26}{'ms/step':>10}{'min ms':>10}{'GB/s':>9}{'% roof':>9}{'first step ms':>15}{'state MB':>10}{'% AdamW':>9}",
     ]
     by_name = {r["name"]: r for r in report["results"]}
+    adamw_state = by_name.get("torch AdamW fused", {}).get("state_bytes")
     for r in report["results"]:
         if r.get("ms") is None:
             lines.append(f"{r['name']:<26}  failed: {r['error']}")
             continue
+        state = r.get("state_bytes") or 0
+        share = f"{100 * state / adamw_state:>8.1f}%" if adamw_state else f"{'-':>9}"
         lines.append(
             f"{r['name']:<26}{r['ms']:>10.2f}{r['ms_min']:>10.2f}{r['gbs']:>9.1f}{r['roof_pct']:>8.0f}%{r['first_step_ms']:>15.1f}"
+            f"{state / 1e6:>10.1f}{share}"
         )
     ours = by_name.get("lionk (default)", {}).get("ms")
     adamw = by_name.get("torch AdamW fused", {}).get("ms")

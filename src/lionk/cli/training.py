@@ -39,10 +39,12 @@ from .gpt import GPT, GPTConfig
 
 __all__ = ["OptimSpec", "Settings", "RunResult", "parse_optims", "lr_at", "initial_state", "train"]
 
-_OPTIONS = {"kernel", "lr", "wd", "beta1", "beta2", "factor", "cautious", "mode", "schedule"}
-_NUMERIC = _OPTIONS - {"kernel", "mode", "schedule"}
+_OPTIONS = {"kernel", "lr", "wd", "beta1", "beta2", "factor", "cautious", "mode", "schedule", "momentum", "sr", "weights"}
+_NUMERIC = _OPTIONS - {"kernel", "mode", "schedule", "momentum", "weights"}
 _NAMES = ("lion", "lionsf", "adamw")
-_LION_ONLY = ("kernel", "factor", "cautious")
+_LION_ONLY = ("kernel", "factor", "cautious", "momentum", "sr")
+MOMENTUM_STORAGES = ("float32", "bfloat16", "int8")
+WEIGHT_DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "constant")
 
 
@@ -74,9 +76,12 @@ def parse_optims(text: str) -> list[OptimSpec]:
 
     ``name`` is ``lion``, ``lionsf`` (:class:`lionk.LionSF`) or ``adamw``; keys are ``kernel`` (Lion/LionSF, a
     kernel spec such as ``l2`` or ``huber(a=0.5)``), ``lr``, ``wd``, ``beta1``, ``beta2``, ``factor`` (Lion/LionSF:
-    the from_adamw factor), ``cautious`` (Lion/LionSF, 0/1), ``mode`` (LionSF: agreement or averaging) and
+    the from_adamw factor), ``cautious`` (Lion/LionSF, 0/1), ``mode`` (LionSF: agreement or averaging),
     ``schedule`` (``cosine``: warm-up then cosine, the default except for LionSF; ``constant``: warm-up then the
-    peak lr, LionSF's default). Example: ``lion,lion:kernel=l2,lionsf:mode=averaging,adamw:lr=3e-3``.
+    peak lr, LionSF's default), ``momentum`` (Lion/LionSF momentum storage: float32, bfloat16 or int8), ``sr``
+    (Lion/LionSF stochastic rounding, 0/1, default 1) and ``weights`` (float32 or bfloat16: the dtype the weights
+    and gradients are stored in; the forward and backward compute in float32 either way, so that only the
+    storage differs). Example: ``lion,lion:kernel=l2,lionsf:mode=averaging,adamw:lr=3e-3,lion:weights=bfloat16:sr=0``.
     """
     specs = []
     for entry in _split_top_level(text, ","):
@@ -97,6 +102,10 @@ def parse_optims(text: str) -> list[OptimSpec]:
             raise CLIError(f"invalid mode {options['mode']!r} in --optim entry {entry!r} (one of: {', '.join(SF_MODES)})")
         if options.get("schedule", SCHEDULES[0]) not in SCHEDULES:
             raise CLIError(f"invalid schedule {options['schedule']!r} in --optim entry {entry!r} (one of: {', '.join(SCHEDULES)})")
+        if options.get("momentum", MOMENTUM_STORAGES[0]) not in MOMENTUM_STORAGES:
+            raise CLIError(f"invalid momentum {options['momentum']!r} in --optim entry {entry!r} (one of: {', '.join(MOMENTUM_STORAGES)})")
+        if options.get("weights", WEIGHT_DTYPES[0]) not in WEIGHT_DTYPES:
+            raise CLIError(f"invalid weights {options['weights']!r} in --optim entry {entry!r} (one of: {', '.join(WEIGHT_DTYPES)})")
         if "kernel" in options:
             get_kernel(options["kernel"])  # raises ValueError for an unknown kernel
         for key in _NUMERIC:
@@ -169,6 +178,8 @@ def hyperparameters(spec: OptimSpec, settings: Settings) -> dict[str, Any]:
     hp["weight_decay"] = float(o.get("wd", hp["weight_decay"]))
     hp["kernel"] = o.get("kernel", "sign")
     hp["cautious"] = bool(int(float(o.get("cautious", 0))))
+    hp["momentum_dtype"] = o.get("momentum")  # None: the weights' dtype
+    hp["stochastic_rounding"] = bool(int(float(o.get("sr", 1))))
     if spec.name == "lionsf":
         hp["mode"] = o.get("mode", SF_MODES[0])
     return hp
@@ -187,9 +198,18 @@ def _make_optimizer(spec: OptimSpec, model: torch.nn.Module, hp: dict[str, Any])
     ]
     if spec.name == "adamw":
         return torch.optim.AdamW(groups, lr=hp["lr"], betas=hp["betas"])
+    kw = {k: hp[k] for k in ("lr", "betas", "kernel", "cautious", "momentum_dtype", "stochastic_rounding")}
     if spec.name == "lionsf":
-        return LionSF(groups, lr=hp["lr"], betas=hp["betas"], kernel=hp["kernel"], cautious=hp["cautious"], mode=hp["mode"])
-    return Lion(groups, lr=hp["lr"], betas=hp["betas"], kernel=hp["kernel"], cautious=hp["cautious"])
+        return LionSF(groups, mode=hp["mode"], **kw)
+    return Lion(groups, **kw)
+
+
+def _forward(model: GPT) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``model(x, y)``; for low-precision weights, computed with float32 copies of them (gradients flow back
+    to the stored weights in their dtype), so that a run differs from float32 only in how weights are stored."""
+    if next(model.parameters()).dtype == torch.float32:
+        return model
+    return lambda x, y: torch.func.functional_call(model, {n: p.float() for n, p in model.named_parameters()}, (x, y))
 
 
 @dataclass
@@ -228,7 +248,7 @@ def initial_state(settings: Settings, vocab_size: int) -> dict[str, torch.Tensor
 
 @torch.no_grad()
 def _estimate(
-    model: GPT, optimizer: torch.optim.Optimizer, corpus: Corpus, settings: Settings, generator: torch.Generator
+    model: GPT, forward: Callable, optimizer: torch.optim.Optimizer, corpus: Corpus, settings: Settings, generator: torch.Generator
 ) -> dict[str, float]:
     """Mean loss over ``eval_iters`` batches of each split (LionSF's parameters switched to their average meanwhile)."""
     schedule_free = isinstance(optimizer, LionSF)
@@ -238,7 +258,7 @@ def _estimate(
     out = {}
     for split in ("train", "val"):
         losses = [
-            model(*corpus.batch(split, settings.batch_size, settings.block_size, generator))[1].item() for _ in range(settings.eval_iters)
+            forward(*corpus.batch(split, settings.batch_size, settings.block_size, generator))[1].item() for _ in range(settings.eval_iters)
         ]
         out[split] = sum(losses) / len(losses)
     model.train()
@@ -265,6 +285,8 @@ def train(
     """
     model = GPT(settings.model_config(corpus.vocab_size))
     model.load_state_dict(init)
+    model.to(getattr(torch, spec.options.get("weights", "float32")))
+    forward = _forward(model)
     hp = hyperparameters(spec, settings)
     optimizer = _make_optimizer(spec, model, hp)
     peak = hp["lr"]
@@ -276,7 +298,7 @@ def train(
     start = time.perf_counter()
     for step in range(settings.steps + 1):
         if step % settings.eval_interval == 0 or step == settings.steps:
-            losses = _estimate(model, optimizer, corpus, settings, evals)
+            losses = _estimate(model, forward, optimizer, corpus, settings, evals)
             train_curve.append([step, losses["train"]])
             val_curve.append([step, losses["val"]])
             if log is not None:
@@ -292,7 +314,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y = corpus.batch("train", settings.batch_size, settings.block_size, batches)
-        _, loss = model(x, y)
+        _, loss = forward(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if settings.grad_clip > 0:
