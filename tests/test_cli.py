@@ -137,6 +137,8 @@ def test_parse_optims_and_hyperparameters():
         "betas": (0.9, 0.99),
         "kernel": "sign",
         "cautious": False,
+        "momentum_dtype": None,
+        "stochastic_rounding": True,
     }
     assert hyperparameters(specs[1], s)["kernel"] == "l2"
     assert hyperparameters(specs[2], s)["kernel"] == "huber(a=0.5)" and hyperparameters(specs[2], s)["lr"] == 1e-4
@@ -277,7 +279,19 @@ def test_lionsf_and_schedule_options(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("optim, message", [("lionsf:mode=fast", "invalid mode 'fast'"), ("lion:mode=averaging", "does not apply to lion"),
-                                            ("lion:schedule=step", "invalid schedule 'step'")])  # fmt: skip
+                                            ("lion:schedule=step", "invalid schedule 'step'"),
+                                            ("lion:momentum=int4", "invalid momentum 'int4'"), ("adamw:momentum=int8", "does not apply"),
+                                            ("lion:weights=float16", "invalid weights 'float16'")])  # fmt: skip
 def test_bad_lionsf_options(optim, message, capsys):
     assert main(["compare", "--quick", "--optim", optim]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_compare_low_precision_storage_options(tmp_path):
+    """momentum=int8 stores int8 codes (state ~1/4 of float32's); weights=bfloat16 trains bf16 weights."""
+    assert main(["compare", "--quick", "--steps", "4", "--eval-interval", "4", "--out", str(tmp_path),
+                 "--optim", "lion,lion:momentum=int8,lion:weights=bfloat16:sr=0"]) == 0  # fmt: skip
+    runs = json.loads((tmp_path / "compare.json").read_text())["runs"]
+    assert runs[1]["hyperparameters"]["momentum_dtype"] == "int8" and runs[1]["state_bytes"] < 0.4 * runs[0]["state_bytes"]
+    assert runs[2]["hyperparameters"]["stochastic_rounding"] is False
+    assert runs[2]["state_bytes"] == runs[0]["state_bytes"] // 2  # bf16 momentum follows the bf16 weights

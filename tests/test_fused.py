@@ -235,3 +235,42 @@ def test_momentum_in_another_dtype_bitwise_equal_reference(p_dtype, m_dtype, ker
         cpu_fused.lion_cpu_fused(fused_params, [g.clone() for g in grads], fused_avgs, **kw)
     for a, b in zip(params + exp_avgs, fused_params + fused_avgs):
         assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("kernel", EXACT)
+@pytest.mark.parametrize("nonfinite", ["propagate", "skip"])
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_int8_momentum_in_c_equals_dequantise_step_quantise(dtype, kernel, nonfinite, stochastic):
+    """The per-block C loop against the definition: dequantise, reference step, quantise (bitwise)."""
+    from lionk.functional import lion_int8
+    from lionk.precision import quantize_int8
+
+    gen = torch.Generator().manual_seed(5)
+    shapes = [(70_001,), (33, 300), (4096,), (5000,)]
+    params = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+    states = [quantize_int8(torch.randn(s, generator=gen) * 0.1) for s in shapes]
+    copies = [p.clone() for p in params], [(q.clone(), a.clone()) for q, a in states]
+    kw = dict(lr=LR, beta1=0.9, beta2=0.99, weight_decay=0.3, kernel=get_kernel(kernel), maximize=True, nonfinite=nonfinite)
+    for step in range(3):
+        grads = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
+        if step == 1:
+            grads[0][40_000] = float("nan")
+        keys = [rounding_keys(i, step) for i in range(len(shapes))] if stochastic else None
+        assert all(cpu_fused.int8_fusable(p, g) for p, g in zip(params, grads))
+        lion_int8(params, grads, [q for q, _ in states], [a for _, a in states], fused=False, rounding_keys=keys, **kw)
+        lion_int8(copies[0], grads, [q for q, _ in copies[1]], [a for _, a in copies[1]], rounding_keys=keys, **kw)
+    for a, b in zip(params, copies[0]):
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+    for (qa, aa), (qb, ab) in zip(states, copies[1]):
+        assert torch.equal(qa, qb) and torch.equal(aa.isnan(), ab.isnan()) and torch.equal(aa.nan_to_num(), ab.nan_to_num())
+
+
+def test_int8_momentum_non_contiguous_param_takes_the_torch_path():
+    p = torch.randn(100, 64).t()
+    assert not cpu_fused.int8_fusable(p, torch.randn(100, 64).t())
+    opt = Lion([torch.nn.Parameter(p.clone())], lr=1e-3, momentum_dtype="int8")
+    (param,) = opt.param_groups[0]["params"]
+    param.grad = torch.randn(64, 100)
+    opt.step()
+    assert opt.state[param]["exp_avg"].dtype == torch.int8

@@ -19,6 +19,7 @@ from ._paths import cpu_fused
 from ._paths.foreach import lion_foreach
 from ._paths.reference import lion_reference
 from .kernels import Kernel, get_kernel
+from .precision import dequantize_int8, quantize_int8
 
 NONFINITE_MODES = ("propagate", "skip")
 
@@ -111,3 +112,55 @@ def lion(
         cautious=cautious,
         rounding_keys=rounding_keys,
     )
+
+
+def lion_int8(
+    params: list[Tensor],
+    grads: list[Tensor],
+    codes: list[Tensor],
+    absmaxes: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    kernel: str | Kernel = "sign",
+    maximize: bool = False,
+    nonfinite: str = "propagate",
+    foreach: bool | None = None,
+    fused: bool | None = None,
+    cautious: bool = False,
+    rounding_keys: list[tuple[int, int, int, int]] | None = None,
+) -> None:
+    """:func:`lion` for momenta stored as int8 blockwise ``codes`` and float32 ``absmaxes`` (:mod:`lionk.precision`).
+
+    Definition: dequantise each momentum, apply :func:`lion` to it in float32, quantise it back (stochastically
+    with the momentum keys of ``rounding_keys``). Where the fused C path can run (CPU, elementwise kernel, not
+    cautious, contiguous tensors) it does this per block of 256 in one pass, with the same results; elsewhere
+    one tensor at a time, so that a float32 momentum never exists for all tensors at once.
+    """
+    k = get_kernel(kernel)
+    kw = dict(lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, kernel=k, maximize=maximize, nonfinite=nonfinite)
+    in_c: list[int] = []
+    if fused is not False and not foreach and not cautious and not torch.compiler.is_compiling() and _fusable(params, k):
+        in_c = [i for i, (p, g) in enumerate(zip(params, grads)) if cpu_fused.int8_fusable(p, g)]
+    if in_c:
+        keys = None if rounding_keys is None else [rounding_keys[i] for i in in_c]
+        cpu_fused.lion_cpu_fused_int8(
+            [params[i] for i in in_c],
+            [grads[i] for i in in_c],
+            [codes[i] for i in in_c],
+            [absmaxes[i] for i in in_c],
+            rounding_keys=keys,
+            **kw,
+        )
+    done = set(in_c)
+    for i, (p, g, q, a) in enumerate(zip(params, grads, codes, absmaxes)):
+        if i in done:
+            continue
+        key = None if rounding_keys is None else rounding_keys[i]
+        m = dequantize_int8(q, a)
+        lion([p], [g], [m], foreach=foreach, fused=fused, cautious=cautious, rounding_keys=None if key is None else [key], **kw)
+        new_codes, new_absmax = quantize_int8(m, None if key is None else key[2:])
+        q.copy_(new_codes)
+        a.copy_(new_absmax)

@@ -9,16 +9,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .functional import NONFINITE_MODES, fused_unavailable_reason, lion
+from .functional import NONFINITE_MODES, fused_unavailable_reason, lion, lion_int8
 from .kernels import Kernel, get_kernel, kernel_spec
 from .precision import (
     canonical_momentum_dtype,
     check_momentum_dtype,
     convert_momentum,
-    dequantize_int8,
     init_momentum,
     momentum_storage,
-    quantize_int8,
     rounding_keys,
 )
 
@@ -275,13 +273,13 @@ class Lion(torch.optim.Optimizer):
     ) -> None:
         """One Lion-K step of ``params``' state applied to ``targets`` (default: the parameters themselves).
 
-        Momenta stored as int8 codes are dequantised one tensor at a time (so the float32 copy never
-        exists for all tensors at once), stepped, and quantised back.
+        Momenta stored as int8 codes go through :func:`lionk.functional.lion_int8`.
         """
         targets = params if targets is None else targets
         keys = self._rounding_keys(group, params, targets)
         kwargs = self._step_kwargs(group)
-        direct = [i for i, p in enumerate(params) if self.state[p]["exp_avg"].dtype != torch.int8]
+        quantised = [i for i, p in enumerate(params) if self.state[p]["exp_avg"].dtype == torch.int8]
+        direct = [i for i in range(len(params)) if i not in set(quantised)]
         if direct:
             lion(
                 [targets[i] for i in direct],
@@ -291,16 +289,17 @@ class Lion(torch.optim.Optimizer):
                 rounding_keys=None if keys is None else [keys[i] for i in direct],
                 **kwargs,
             )
-        for i in range(len(params)):
-            state = self.state[params[i]]
-            if state["exp_avg"].dtype != torch.int8:
-                continue
-            m = dequantize_int8(state["exp_avg"], state["exp_avg_absmax"])
-            key = None if keys is None else keys[i]
-            lion([targets[i]], [grads[i]], [m], lr=lr, rounding_keys=None if key is None else [key], **kwargs)
-            codes, absmax = quantize_int8(m, None if key is None else key[2:])
-            state["exp_avg"].copy_(codes)
-            state["exp_avg_absmax"].copy_(absmax)
+        if quantised:
+            states = [self.state[params[i]] for i in quantised]
+            lion_int8(
+                [targets[i] for i in quantised],
+                [grads[i] for i in quantised],
+                [state["exp_avg"] for state in states],
+                [state["exp_avg_absmax"] for state in states],
+                lr=lr,
+                rounding_keys=None if keys is None else [keys[i] for i in quantised],
+                **kwargs,
+            )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

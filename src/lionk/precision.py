@@ -163,13 +163,15 @@ def quantize_int8(m: Tensor, keys: tuple[int, int] | None = None) -> tuple[Tenso
     blocks = -(-n // INT8_BLOCK)
     padded = torch.nn.functional.pad(flat, (0, blocks * INT8_BLOCK - n)).view(blocks, INT8_BLOCK)
     absmax = padded.abs().amax(dim=1)
-    scaled = padded * (127.0 / absmax.clamp_min(torch.finfo(torch.float32).tiny)).unsqueeze(1)
+    # tensor / tensor: an IEEE division, as in lion_cpu.c (torch evaluates scalar / tensor as a reciprocal times)
+    inverse = torch.full_like(absmax, 127.0) / absmax.clamp_min(torch.finfo(torch.float32).tiny)
+    scaled = padded * inverse.unsqueeze(1)
     if keys is None:
         codes = torch.round(scaled)
     else:
         r = uniforms(torch.arange(blocks * INT8_BLOCK, device=m.device), *keys).view(blocks, INT8_BLOCK)
         codes = torch.floor(scaled + r)
-    codes = codes.clamp_(-127, 127).to(torch.int8).view(-1)[:n].view(m.shape)
+    codes = codes.nan_to_num_(0.0).clamp_(-127, 127).to(torch.int8).view(-1)[:n].view(m.shape)
     return codes, absmax
 
 
@@ -178,7 +180,7 @@ def dequantize_int8(codes: Tensor, absmax: Tensor) -> Tensor:
     n = codes.numel()
     blocks = absmax.numel()
     flat = torch.nn.functional.pad(codes.reshape(-1).to(torch.float32), (0, blocks * INT8_BLOCK - n)).view(blocks, INT8_BLOCK)
-    return (flat * (absmax / 127.0).unsqueeze(1)).view(-1)[:n].view(codes.shape)
+    return (flat * (absmax / torch.full_like(absmax, 127.0)).unsqueeze(1)).view(-1)[:n].view(codes.shape)
 
 
 def read_momentum(state: dict[str, Tensor]) -> Tensor:

@@ -114,6 +114,10 @@ def _load() -> ctypes.CDLL | None:
                     fn = getattr(lib, name + suffix)
                     fn.restype = None
                     fn.argtypes = args + extra
+            for suffix in ("f32", "bf16", "f16"):
+                fn = getattr(lib, "lion_step_q8_" + suffix)
+                fn.restype = None
+                fn.argtypes = [i64, p, p, p, p, p, i64, i64, cint, dbl, dbl, dbl, dbl, dbl, dbl, dbl, cint, cint, p]
             _library = lib
     return _library
 
@@ -211,3 +215,53 @@ def lion_cpu_fused(
             agree = [sum(c[t] for c in counts) for t in range(n)]
             denominators = (ctypes.c_double * n)(*[max(a / k, CAUTIOUS_FLOOR) for a, k in zip(agree, numels)])
         _run_workers(getattr(lib, "lion_step_" + suffix), head, common, [(denominators, key_array)] * threads, threads)
+
+
+_INT8_SUFFIXES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
+def int8_fusable(param: Tensor, grad: Tensor) -> bool:
+    """True when the int8-momentum C loop can step this tensor: a contiguous float32/bfloat16/float16
+    parameter with a gradient of the same dtype and layout (the codes are in row-major order)."""
+    return param.dtype in _INT8_SUFFIXES and grad.dtype == param.dtype and param.is_contiguous() and grad.is_contiguous()
+
+
+def lion_cpu_fused_int8(
+    params: list[Tensor],
+    grads: list[Tensor],
+    codes: list[Tensor],
+    absmaxes: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    kernel: Kernel,
+    maximize: bool,
+    nonfinite: str,
+    rounding_keys: list[tuple[int, int, int, int]] | None = None,
+) -> None:
+    """One step of tensors whose momentum is int8 blockwise codes (:mod:`lionk.precision`), in C.
+
+    Each block of 256 is dequantised, stepped and re-quantised in one pass; the results equal
+    dequantise -> :func:`lionk._paths.reference.lion_reference` -> quantise bit for bit. Every tensor must
+    pass :func:`int8_fusable`.
+    """
+    lib = _load()
+    if lib is None:
+        raise RuntimeError(f"the fused CPU path is unavailable: {_unavailable}")
+    if isinstance(lr, Tensor):
+        lr = lr.item()
+    common = (_KERNEL_IDS[type(kernel)], _kernel_parameter(kernel), lr, 1 - lr * weight_decay, beta1, 1 - beta1, beta2, 1 - beta2)
+    common += (int(maximize), int(nonfinite == "skip"))
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, p in enumerate(params):
+        if p.numel():
+            by_dtype.setdefault(p.dtype, []).append(i)
+    for dtype, idx in by_dtype.items():
+        n = len(idx)
+        pointers = [(ctypes.c_void_p * n)(*[ts[i].data_ptr() for i in idx]) for ts in (params, grads, codes, absmaxes)]
+        numels = (ctypes.c_int64 * n)(*[params[i].numel() for i in idx])
+        keys = None if rounding_keys is None else (ctypes.c_uint32 * (4 * n))(*[k for i in idx for k in rounding_keys[i]])
+        threads = 1 if sum(numels) < 2 * _MIN_ELEMENTS_PER_THREAD else max(1, torch.get_num_threads())
+        _run_workers(getattr(lib, "lion_step_q8_" + _INT8_SUFFIXES[dtype]), (n, *pointers, numels), common, [(keys,)] * threads, threads)

@@ -268,3 +268,78 @@ STEP_TYPES(f32_mbf16, F32_IO, BF16_IO, float, powf, fabsf, hypotf, tanhf)
 STEP_TYPES(bf16_mf32, BF16_IO, F32_IO, float, powf, fabsf, hypotf, tanhf)
 STEP_TYPES(f16_mf32, F16_IO, F32_IO, float, powf, fabsf, hypotf, tanhf)
 STEP_TYPES(f16_mbf16, F16_IO, BF16_IO, float, powf, fabsf, hypotf, tanhf)
+
+/*
+ * int8 blockwise momentum (lionk/precision.py): tensor t's momentum is codes q (int8) and one float scale
+ * A per block of 256 values, m = q * (A / 127). Per block: dequantise, step every element as above
+ * (float32 arithmetic), then A' = max |m'| over the block (NaN if any is NaN) and
+ * q' = round(m' * (127 / max(A', FLT_MIN))) clamped to [-127, 127] (0 where that is NaN): rint (nearest
+ * even) or, with keys, floor(x + r) with the momentum's keys. Work is split across workers by whole blocks.
+ * No cautious variant (the optimizer uses the torch path for cautious int8).
+ */
+#define Q8_BLOCK 256
+
+#define Q8_STEP_BLOCK(OT, LOAD, STORE, SRSTORE, ROUND, KEXPR, SKIP)                         \
+    for (int64_t i = lo; i < hi; ++i) {                                                      \
+        OT g = LOAD(gs[i]) * gsign;                                                          \
+        OT m = (OT)qs[i] * scale;                                                            \
+        int bad = (SKIP) & !isfinite(g);                                                     \
+        g = bad ? m : g;                                                                     \
+        OT c = m * b1 + g * omb1;                                                            \
+        OT p = LOAD(ps[i]);                                                                  \
+        OT u = (KEXPR) + (c - c);                                                            \
+        ps[i] = ROUND(STORE, SRSTORE, bad ? p : p * decay - u * lr, pk1, pk2);               \
+        OT v = bad ? m : m * b2 + g * omb2;                                                  \
+        buf[i - lo] = v;                                                                     \
+        OT av = fabsf(v);                                                                    \
+        amax = (av > amax || av != av) ? av : amax;                                          \
+    }
+
+#define DEFINE_Q8(SUFFIX, ST, LOAD, STORE, SRSTORE)                                                          \
+    void lion_step_q8_##SUFFIX(int64_t ntensors, void **pp, void **gp, void **qp, void **ap,                 \
+                               const int64_t *numels, int64_t worker, int64_t nworkers, int kernel,          \
+                               double kparam_d, double lr_d, double decay_d, double b1_d, double omb1_d,     \
+                               double b2_d, double omb2_d, int maximize, int skip, const uint32_t *keys) {   \
+        SCALARS(float)                                                                                        \
+        int64_t total = 0;                                                                                    \
+        for (int64_t t = 0; t < ntensors; ++t) total += (numels[t] + Q8_BLOCK - 1) / Q8_BLOCK;               \
+        const int64_t begin = total * worker / nworkers, end = total * (worker + 1) / nworkers;              \
+        float buf[Q8_BLOCK];                                                                                  \
+        int64_t offset = 0; /* blocks before tensor t */                                                     \
+        for (int64_t t = 0; t < ntensors && offset < end; ++t) {                                             \
+            const int64_t n = numels[t], nblocks = (n + Q8_BLOCK - 1) / Q8_BLOCK;                            \
+            const int64_t b_lo = begin > offset ? begin - offset : 0;                                        \
+            const int64_t b_hi = end - offset < nblocks ? end - offset : nblocks;                            \
+            ST *restrict ps = (ST *)pp[t];                                                                    \
+            const ST *restrict gs = (const ST *)gp[t];                                                        \
+            int8_t *restrict qs = (int8_t *)qp[t];                                                            \
+            float *restrict as = (float *)ap[t];                                                              \
+            const uint32_t pk1 = keys ? keys[4 * t] : 0, pk2 = keys ? keys[4 * t + 1] : 0;                   \
+            const uint32_t mk1 = keys ? keys[4 * t + 2] : 0, mk2 = keys ? keys[4 * t + 3] : 0;               \
+            for (int64_t b = b_lo; b < b_hi; ++b) {                                                          \
+                const int64_t lo = b * Q8_BLOCK, hi = lo + Q8_BLOCK < n ? lo + Q8_BLOCK : n;                 \
+                const float scale = as[b] / 127.0f;                                                           \
+                float amax = 0.0f;                                                                            \
+                if (keys) {                                                                                   \
+                    Q8_STEP_BLOCK(float, LOAD, STORE, SRSTORE, SR, DIRECTION(float, powf, fabsf, hypotf, tanhf), skip) \
+                } else if (kernel == K_SIGN && !skip) {                                                      \
+                    Q8_STEP_BLOCK(float, LOAD, STORE, SRSTORE, PLAIN, SIGN(float, c), 0)                     \
+                } else {                                                                                      \
+                    Q8_STEP_BLOCK(float, LOAD, STORE, SRSTORE, PLAIN, DIRECTION(float, powf, fabsf, hypotf, tanhf), skip) \
+                }                                                                                             \
+                as[b] = amax;                                                                                 \
+                const float inv = 127.0f / (amax < 0x1.0p-126f ? 0x1.0p-126f : amax);                        \
+                for (int64_t i = lo; i < hi; ++i) {                                                           \
+                    float x = buf[i - lo] * inv;                                                              \
+                    x = keys ? floorf(x + uniform24(i, mk1, mk2)) : rintf(x);                                 \
+                    x = x < -127.0f ? -127.0f : (x > 127.0f ? 127.0f : x);                                    \
+                    qs[i] = (int8_t)(x == x ? x : 0.0f);                                                      \
+                }                                                                                             \
+            }                                                                                                 \
+            offset += nblocks;                                                                                \
+        }                                                                                                     \
+    }
+
+DEFINE_Q8(f32, float, ID_LOAD, ID_STORE, NO_SR)
+DEFINE_Q8(bf16, uint16_t, bf16_load, bf16_store, bf16_store_sr)
+DEFINE_Q8(f16, uint16_t, f16_load, f16_store, f16_store_sr)
