@@ -366,3 +366,42 @@ def test_bad_storage_values_name_the_group():
     with pytest.raises(ValueError, match=r"Invalid stochastic_rounding"):
         Lion([p], stochastic_rounding="yes")
     assert lionk.Lion([p], momentum_dtype=torch.bfloat16).param_groups[0]["momentum_dtype"] == "bfloat16"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype, momentum_dtype", [(torch.bfloat16, None), (torch.float32, "bfloat16"), (torch.float32, "int8")])
+def test_cuda_storage_and_rounding_match_cpu(dtype, momentum_dtype):
+    """Three steps from the same weights with the same gradients on CPU (fused C) and CUDA (foreach): the same
+    hash bits and formulas give the same results; CUDA's float32 ops are correctly rounded like the CPU's, so
+    at most a rare entry may land one ulp (or one int8 code) apart."""
+    models = [_model(dtype), _model(dtype).cuda()]
+    opts = [Lion(m.parameters(), lr=1e-3, weight_decay=0.1, momentum_dtype=momentum_dtype) for m in models]
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        for p_cpu, p_cuda in zip(models[0].parameters(), models[1].parameters()):
+            g = torch.randn(p_cpu.shape, generator=gen).to(dtype)
+            p_cpu.grad, p_cuda.grad = g, g.cuda()
+        for opt in opts:
+            opt.step()
+    for p_cpu, p_cuda in zip(models[0].parameters(), models[1].parameters()):
+        for a, b in ((p_cpu.detach(), p_cuda.detach().cpu()), (opts[0].state[p_cpu]["exp_avg"], opts[1].state[p_cuda]["exp_avg"].cpu())):
+            assert a.dtype == b.dtype
+            same = a == b
+            assert same.float().mean() > 0.999
+            if a.dtype == torch.int8:
+                assert ((a.int() - b.int()).abs() <= 1).all()
+            else:
+                ulp = torch.finfo(a.dtype).eps * a.float().abs().clamp_min(1e-3)
+                assert ((a.float() - b.float()).abs() <= ulp).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+def test_cuda_stochastic_round_equals_cpu(dtype):
+    x = torch.randn(100_000) * 3
+    r = uniforms(torch.arange(x.numel()), 5, 6)
+    on_cuda = stochastic_round(x.cuda(), dtype, uniforms(torch.arange(x.numel(), device="cuda"), 5, 6)).cpu()
+    assert torch.equal(on_cuda, stochastic_round(x, dtype, r))
+    codes, absmax = quantize_int8(x, (1, 2))
+    codes_cuda, absmax_cuda = quantize_int8(x.cuda(), (1, 2))
+    assert torch.equal(codes, codes_cuda.cpu()) and torch.equal(absmax, absmax_cuda.cpu())
