@@ -274,3 +274,22 @@ def test_int8_momentum_non_contiguous_param_takes_the_torch_path():
     param.grad = torch.randn(64, 100)
     opt.step()
     assert opt.state[param]["exp_avg"].dtype == torch.int8
+
+
+@pytest.mark.parametrize("m_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_stochastic_store_edge_values_equal_reference(m_dtype):
+    """With beta2 = 0 the stored momentum is the rounded gradient: the C stochastic store against the torch one on
+    edge values (largest finite, overflow, subnormals, signed zeros, inf, NaN) and many random magnitudes."""
+    gen = torch.Generator().manual_seed(7)
+    fmax, tiny = torch.finfo(m_dtype).max, torch.finfo(m_dtype).tiny
+    edge = torch.tensor([0.0, -0.0, fmax, -fmax, fmax * 1.001, 3.3e38, tiny, tiny / 3, -tiny / 7, float("inf"), float("nan"), 1.0])
+    g = torch.cat([edge, torch.randn(100_000, generator=gen) * 10.0 ** torch.randint(-30, 30, (100_000,), generator=gen)])
+    results = []
+    for path in (lion_reference, cpu_fused.lion_cpu_fused):
+        p, m = torch.zeros_like(g), torch.zeros_like(g, dtype=m_dtype)
+        path([p], [g.clone()], [m], lr=0.0, beta1=0.9, beta2=0.0, weight_decay=0.0, kernel=get_kernel("sign"),
+             maximize=False, nonfinite="propagate", rounding_keys=[rounding_keys(3, 4)])  # fmt: skip
+        results.append(m)
+    assert cpu_fused._shares_dense_layout(p, g, m)
+    assert torch.equal(results[0].isnan(), results[1].isnan())
+    assert torch.equal(results[0].nan_to_num(), results[1].nan_to_num())

@@ -44,6 +44,7 @@ _SUFFIXES = {(dtype, dtype): name for dtype, name in _NAMES.items()} | {
     (torch.bfloat16, torch.float32): "bf16_mf32",
     (torch.float16, torch.float32): "f16_mf32",
     (torch.float16, torch.bfloat16): "f16_mbf16",
+    (torch.float32, torch.float16): "f32_mf16",
 }
 _KERNEL_IDS: dict[type[Kernel], int] = {Sign: 0, Power: 1, Quadratic: 2, Huber: 3, Relativistic: 4, Tanh: 5}
 # Below this many elements in a step, one thread does all the work (thread hand-off costs ~20 us).

@@ -88,23 +88,42 @@ static inline float uniform24(int64_t i, uint32_t k1, uint32_t k2) {
     return (float)(mix32(mix32((uint32_t)i ^ k1) + k2) >> 8) * 0x1.0p-24f;
 }
 
-/* Stochastic rounding of float x to a 16-bit format with loader LOAD and round-to-nearest STORE. */
+/* Stochastic rounding of float x to a 16-bit format with loader LOAD and round-to-nearest STORE. The
+   choices are bit selects, not branches: they are random, so a branch would be mispredicted half the time. */
+static inline uint32_t select32(uint32_t mask, uint32_t a, uint32_t b) { return (a & mask) | (b & ~mask); }
+
 #define DEFINE_STOCHASTIC_STORE(NAME, LOAD, STORE)                                         \
     static inline uint16_t NAME(float x, float r) {                                        \
-        const uint16_t y = STORE(x);                                                       \
-        const float yf = LOAD(y), ax = fabsf(x), ay = fabsf(yf);                           \
-        const int up = ay < ax; /* nearest went towards zero: the other neighbour is further out */ \
-        const uint16_t o = (uint16_t)(y + (up ? 1u : 0xFFFFu));                            \
-        const float ao = fabsf(LOAD(o));                                                   \
-        const float a = up ? ay : ao, b = up ? ao : ay;                                    \
+        const uint32_t y = STORE(x);                                                       \
+        const float yf = LOAD((uint16_t)y), ax = fabsf(x), ay = fabsf(yf);                 \
+        /* up: nearest went towards zero, the other neighbour is one ulp further out */    \
+        const uint32_t up = 0u - (uint32_t)(ay < ax);                                      \
+        const uint32_t o = (y + select32(up, 1u, 0xFFFFu)) & 0xFFFFu;                      \
+        const float ao = fabsf(LOAD((uint16_t)o));                                         \
+        const float a = bits_to_f32(select32(up, f32_to_bits(ay), f32_to_bits(ao)));       \
+        const float b = bits_to_f32(select32(up, f32_to_bits(ao), f32_to_bits(ay)));       \
         const float prob = (ax - a) / (b - a);                                             \
-        const uint16_t rounded = r < prob ? (up ? o : y) : (up ? y : o);                   \
-        return (yf == x || x != x) ? y : rounded;                                          \
+        const uint32_t far = 0u - (uint32_t)(r < prob);                                    \
+        const uint32_t rounded = select32(far, select32(up, o, y), select32(up, y, o));    \
+        const uint32_t keep = 0u - (uint32_t)((yf == x) | (x != x));                       \
+        return (uint16_t)select32(keep, y, rounded);                                       \
     }
 
 #define ID_LOAD(x) (x)
 #define ID_STORE(x) (x)
-DEFINE_STOCHASTIC_STORE(bf16_store_sr, bf16_load, bf16_store)
+/* bfloat16 is the top half of a float32: the two neighbours are the truncation t and t + 1 ulp, and the
+   neighbour rule above reduces to "t + 1 where (r * 2^24) >> 8 < the low 16 bits of x" (exactly: both sides
+   are multiples of 2^-16 of an ulp), a few integer operations that vectorise. Overflow past the largest
+   finite value keeps t, as the rule does (the far neighbour, infinity, has probability 0). */
+static inline uint16_t bf16_store_sr(float x, float r) {
+    const uint32_t bits = f32_to_bits(x);
+    const uint32_t r16 = ((uint32_t)(r * 0x1.0p24f)) >> 8;
+    const uint32_t t = bits >> 16;
+    const uint32_t up = t + (uint32_t)(r16 < (bits & 0xFFFFu));
+    const uint32_t overflow = 0u - (uint32_t)(((up & 0x7FFFu) == 0x7F80u) & ((bits & 0x7F800000u) != 0x7F800000u));
+    const uint32_t nan = 0u - (uint32_t)((bits & 0x7FFFFFFFu) > 0x7F800000u);
+    return (uint16_t)select32(nan, 0x7FC0u, select32(overflow, t, up));
+}
 DEFINE_STOCHASTIC_STORE(f16_store_sr, f16_load, f16_store)
 #define NO_SR(x, r) (x) /* float32/float64 storage never rounds stochastically (keys is NULL) */
 
@@ -268,6 +287,7 @@ STEP_TYPES(f32_mbf16, F32_IO, BF16_IO, float, powf, fabsf, hypotf, tanhf)
 STEP_TYPES(bf16_mf32, BF16_IO, F32_IO, float, powf, fabsf, hypotf, tanhf)
 STEP_TYPES(f16_mf32, F16_IO, F32_IO, float, powf, fabsf, hypotf, tanhf)
 STEP_TYPES(f16_mbf16, F16_IO, BF16_IO, float, powf, fabsf, hypotf, tanhf)
+STEP_TYPES(f32_mf16, F32_IO, F16_IO, float, powf, fabsf, hypotf, tanhf)
 
 /*
  * int8 blockwise momentum (lionk/precision.py): tensor t's momentum is codes q (int8) and one float scale
