@@ -309,10 +309,15 @@ STEP_TYPES(f32_mf16, F32_IO, F16_IO, float, powf, fabsf, hypotf, tanhf)
         OT p = LOAD(ps[i]);                                                                  \
         OT u = (KEXPR) + (c - c);                                                            \
         ps[i] = ROUND(STORE, SRSTORE, bad ? p : p * decay - u * lr, pk1, pk2);               \
-        OT v = bad ? m : m * b2 + g * omb2;                                                  \
-        buf[i - lo] = v;                                                                     \
-        OT av = fabsf(v);                                                                    \
-        amax = (av > amax || av != av) ? av : amax;                                          \
+        buf[i - lo] = bad ? m : m * b2 + g * omb2;                                           \
+    }
+
+/* the code of a rounded value x: clamped to [-127, 127], 0 for NaN */
+#define Q8_STORE(X)                                                                          \
+    {                                                                                        \
+        float x = (X);                                                                       \
+        x = x < -127.0f ? -127.0f : (x > 127.0f ? 127.0f : x);                               \
+        qs[i] = (int8_t)(x == x ? x : 0.0f);                                                 \
     }
 
 #define DEFINE_Q8(SUFFIX, ST, LOAD, STORE, SRSTORE)                                                          \
@@ -339,21 +344,29 @@ STEP_TYPES(f32_mf16, F32_IO, F16_IO, float, powf, fabsf, hypotf, tanhf)
             for (int64_t b = b_lo; b < b_hi; ++b) {                                                          \
                 const int64_t lo = b * Q8_BLOCK, hi = lo + Q8_BLOCK < n ? lo + Q8_BLOCK : n;                 \
                 const float scale = as[b] / 127.0f;                                                           \
-                float amax = 0.0f;                                                                            \
-                if (keys) {                                                                                   \
+                if (keys && kernel == K_SIGN && !skip) {                                                     \
+                    Q8_STEP_BLOCK(float, LOAD, STORE, SRSTORE, SR, SIGN(float, c), 0)                        \
+                } else if (keys) {                                                                            \
                     Q8_STEP_BLOCK(float, LOAD, STORE, SRSTORE, SR, DIRECTION(float, powf, fabsf, hypotf, tanhf), skip) \
                 } else if (kernel == K_SIGN && !skip) {                                                      \
                     Q8_STEP_BLOCK(float, LOAD, STORE, SRSTORE, PLAIN, SIGN(float, c), 0)                     \
                 } else {                                                                                      \
                     Q8_STEP_BLOCK(float, LOAD, STORE, SRSTORE, PLAIN, DIRECTION(float, powf, fabsf, hypotf, tanhf), skip) \
                 }                                                                                             \
+                /* max |m'| as an integer max of the bit patterns of |m'|: for non-negative floats it orders as \
+                   the values do, and a NaN (above inf) wins, as with torch.amax */                        \
+                uint32_t amax_bits = 0;                                                                       \
+                for (int64_t k = 0; k < hi - lo; ++k) {                                                       \
+                    const uint32_t a = f32_to_bits(buf[k]) & 0x7FFFFFFFu;                                     \
+                    amax_bits = a > amax_bits ? a : amax_bits;                                                \
+                }                                                                                             \
+                const float amax = bits_to_f32(amax_bits);                                                    \
                 as[b] = amax;                                                                                 \
                 const float inv = 127.0f / (amax < 0x1.0p-126f ? 0x1.0p-126f : amax);                        \
-                for (int64_t i = lo; i < hi; ++i) {                                                           \
-                    float x = buf[i - lo] * inv;                                                              \
-                    x = keys ? floorf(x + uniform24(i, mk1, mk2)) : rintf(x);                                 \
-                    x = x < -127.0f ? -127.0f : (x > 127.0f ? 127.0f : x);                                    \
-                    qs[i] = (int8_t)(x == x ? x : 0.0f);                                                      \
+                if (keys) {                                                                                   \
+                    for (int64_t i = lo; i < hi; ++i) Q8_STORE(floorf(buf[i - lo] * inv + uniform24(i, mk1, mk2))) \
+                } else {                                                                                      \
+                    for (int64_t i = lo; i < hi; ++i) Q8_STORE(rintf(buf[i - lo] * inv))                      \
                 }                                                                                             \
             }                                                                                                 \
             offset += nblocks;                                                                                \
