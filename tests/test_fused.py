@@ -14,7 +14,7 @@ from lionk import Lion
 from lionk._paths import cpu_fused
 from lionk._paths.reference import lion_reference
 from lionk.kernels import get_kernel
-from lionk.precision import rounding_keys
+from lionk.precision import rounding_key
 
 pytestmark = pytest.mark.skipif(cpu_fused.unavailable_reason() is not None, reason=f"fused CPU path: {cpu_fused.unavailable_reason()}")
 
@@ -58,7 +58,7 @@ def _step_pair(kernel, dtype, *, maximize, wd, nonfinite, steps=3, stochastic=Fa
     kw["cautious"] = cautious
     for step in range(steps):
         if stochastic:
-            kw["rounding_keys"] = [rounding_keys(i, step) for i in range(len(params))]
+            kw["rounding_keys"] = [rounding_key(i, step) for i in range(len(params))]
         grads = [torch.empty_like(p).copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64)) for p in params]
         big = grads[5]
         if step == 1:  # non-finite entries in the middle of the tensor that the threads split
@@ -226,7 +226,7 @@ def test_momentum_in_another_dtype_bitwise_equal_reference(p_dtype, m_dtype, ker
     kw["cautious"] = cautious
     for step in range(3):
         if stochastic:
-            kw["rounding_keys"] = [rounding_keys(i, step) for i in range(len(params))]
+            kw["rounding_keys"] = [rounding_key(i, step) for i in range(len(params))]
         grads = [torch.empty_like(p).copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64)) for p in params]
         if step == 1:
             grads[5][35_000] = float("nan")
@@ -256,7 +256,7 @@ def test_int8_momentum_in_c_equals_dequantise_step_quantise(dtype, kernel, nonfi
         grads = [torch.randn(s, generator=gen).to(dtype) for s in shapes]
         if step == 1:
             grads[0][40_000] = float("nan")
-        keys = [rounding_keys(i, step) for i in range(len(shapes))] if stochastic else None
+        keys = [rounding_key(i, step) for i in range(len(shapes))] if stochastic else None
         assert all(cpu_fused.int8_fusable(p, g) for p, g in zip(params, grads))
         lion_int8(params, grads, [q for q, _ in states], [a for _, a in states], fused=False, rounding_keys=keys, **kw)
         lion_int8(copies[0], grads, [q for q, _ in copies[1]], [a for _, a in copies[1]], rounding_keys=keys, **kw)
@@ -288,7 +288,7 @@ def test_stochastic_store_edge_values_equal_reference(m_dtype):
     for path in (lion_reference, cpu_fused.lion_cpu_fused):
         p, m = torch.zeros_like(g), torch.zeros_like(g, dtype=m_dtype)
         path([p], [g.clone()], [m], lr=0.0, beta1=0.9, beta2=0.0, weight_decay=0.0, kernel=get_kernel("sign"),
-             maximize=False, nonfinite="propagate", rounding_keys=[rounding_keys(3, 4)])  # fmt: skip
+             maximize=False, nonfinite="propagate", rounding_keys=[rounding_key(3, 4)])  # fmt: skip
         results.append(m)
     assert cpu_fused._shares_dense_layout(p, g, m)
     assert torch.equal(results[0].isnan(), results[1].isnan())

@@ -16,8 +16,9 @@ from lionk.precision import (
     dequantize_int8,
     memory_order_index,
     quantize_int8,
+    random_bits,
     stochastic_round,
-    uniforms,
+    uniform16,
 )
 
 HALF = [torch.bfloat16, torch.float16]
@@ -43,7 +44,7 @@ def test_stochastic_round_picks_a_neighbour_with_the_right_probability(dtype):
     draws = 4000
     ups = torch.zeros_like(x)
     for k in range(draws):
-        r = uniforms(torch.arange(x.numel()), k, 12345)
+        r = uniform16(random_bits(torch.arange(x.numel()), k) >> 16)
         y = stochastic_round(x, dtype, r).to(torch.float32)
         assert torch.all((y == lo) | (y == hi)), "the result must be one of the two neighbours"
         ups += (y == hi).float()
@@ -66,14 +67,23 @@ def test_stochastic_round_keeps_representable_and_special_values(dtype):
     assert torch.equal(torch.signbit(out), torch.signbit(expected))
 
 
-def test_uniforms_are_uniform_and_reproducible():
-    r = uniforms(torch.arange(200_000), 7, 99)
-    assert torch.equal(r, uniforms(torch.arange(200_000), 7, 99))
-    assert r.min() >= 0 and r.max() < 1
-    hist = torch.histc(r, bins=20, min=0, max=1)
+@pytest.mark.parametrize("half", ["high", "low"])
+def test_random_bits_are_uniform_independent_and_reproducible(half):
+    def r(key):
+        bits = random_bits(torch.arange(200_000), key)
+        return uniform16(bits >> 16 if half == "high" else bits & 0xFFFF)
+
+    a = r(7)
+    assert torch.equal(a, r(7)) and not torch.equal(a, r(8))
+    assert a.min() >= 0 and a.max() < 1
     expected = 200_000 / 20
-    assert ((hist - expected).abs() < 5 * math.sqrt(expected)).all()
-    assert not torch.equal(r, uniforms(torch.arange(200_000), 8, 99))
+    assert ((torch.histc(a, bins=20, min=0, max=1) - expected).abs() < 5 * math.sqrt(expected)).all()
+    # the two halves (weight and momentum rounding) and consecutive keys (steps) are uncorrelated
+    bits = random_bits(torch.arange(200_000), 7)
+    hi, lo = uniform16(bits >> 16) - 0.5, uniform16(bits & 0xFFFF) - 0.5
+    assert abs((hi * lo).mean() / (hi.std() * lo.std())) < 5 / math.sqrt(200_000)
+    b = r(8) - 0.5
+    assert abs(((a - 0.5) * b).mean() / ((a - 0.5).std() * b.std())) < 5 / math.sqrt(200_000)
 
 
 def test_memory_order_index_follows_channels_last():
@@ -111,12 +121,12 @@ def test_int8_round_to_nearest_error_bound_and_layout():
 def test_int8_stochastic_codes_are_unbiased():
     gen = torch.Generator().manual_seed(2)
     m = torch.randn(4096, generator=gen)
-    codes, absmax = quantize_int8(m, (1, 2))
+    codes, absmax = quantize_int8(m, 12)
     assert ((dequantize_int8(codes, absmax) - m).abs() < (absmax / 127).repeat_interleave(INT8_BLOCK)).all()
     mean = torch.zeros_like(m)
     draws = 400
     for k in range(draws):
-        mean += dequantize_int8(*quantize_int8(m, (k, 3)))
+        mean += dequantize_int8(*quantize_int8(m, k))
     mean /= draws
     step = (absmax / 127).repeat_interleave(INT8_BLOCK)
     # each draw is one of two codes one step apart: standard error <= step / (2 sqrt(draws))
@@ -399,9 +409,9 @@ def test_cuda_storage_and_rounding_match_cpu(dtype, momentum_dtype):
 @pytest.mark.parametrize("dtype", HALF, ids=str)
 def test_cuda_stochastic_round_equals_cpu(dtype):
     x = torch.randn(100_000) * 3
-    r = uniforms(torch.arange(x.numel()), 5, 6)
-    on_cuda = stochastic_round(x.cuda(), dtype, uniforms(torch.arange(x.numel(), device="cuda"), 5, 6)).cpu()
+    r = uniform16(random_bits(torch.arange(x.numel()), 5) >> 16)
+    on_cuda = stochastic_round(x.cuda(), dtype, uniform16(random_bits(torch.arange(x.numel(), device="cuda"), 5) >> 16)).cpu()
     assert torch.equal(on_cuda, stochastic_round(x, dtype, r))
-    codes, absmax = quantize_int8(x, (1, 2))
-    codes_cuda, absmax_cuda = quantize_int8(x.cuda(), (1, 2))
+    codes, absmax = quantize_int8(x, 3)
+    codes_cuda, absmax_cuda = quantize_int8(x.cuda(), 3)
     assert torch.equal(codes, codes_cuda.cpu()) and torch.equal(absmax, absmax_cuda.cpu())

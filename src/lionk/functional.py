@@ -62,7 +62,7 @@ def lion(
     foreach: bool | None = None,
     fused: bool | None = None,
     cautious: bool = False,
-    rounding_keys: list[tuple[int, int, int, int]] | None = None,
+    rounding_keys: list[int] | None = None,
 ) -> None:
     """Apply one Lion-K step in place to ``params`` and their momenta ``exp_avgs``.
 
@@ -72,8 +72,8 @@ def lion(
     then foreach for CUDA tensors, else the loop. ``fused=True`` raises RuntimeError where it cannot run.
     ``cautious=True`` keeps only the entries of grad K(c) that agree in sign with g, rescaled by the
     agreeing fraction of each tensor (see :mod:`lionk._paths.reference`).
-    ``exp_avgs`` may have another floating dtype than ``params``. ``rounding_keys`` (one 4-tuple per
-    tensor, from :func:`lionk.precision.rounding_keys`) makes the bfloat16/float16 stores of weight and
+    ``exp_avgs`` may have another floating dtype than ``params``. ``rounding_keys`` (one 32-bit key per
+    tensor, from :func:`lionk.precision.rounding_key`) makes the bfloat16/float16 stores of weight and
     momentum round stochastically (:mod:`lionk.precision`); ``None`` rounds to nearest.
     """
     if not len(params) == len(grads) == len(exp_avgs):
@@ -130,14 +130,15 @@ def lion_int8(
     foreach: bool | None = None,
     fused: bool | None = None,
     cautious: bool = False,
-    rounding_keys: list[tuple[int, int, int, int]] | None = None,
+    rounding_keys: list[int] | None = None,
 ) -> None:
     """:func:`lion` for momenta stored as int8 blockwise ``codes`` and float32 ``absmaxes`` (:mod:`lionk.precision`).
 
     Definition: dequantise each momentum, apply :func:`lion` to it in float32, quantise it back (stochastically
-    with the momentum keys of ``rounding_keys``). Where the fused C path can run (CPU, elementwise kernel, not
-    cautious, contiguous tensors) it does this per block of 256 in one pass, with the same results; elsewhere
-    one tensor at a time, so that a float32 momentum never exists for all tensors at once.
+    with the low 16 bits of each element's hash under its ``rounding_keys`` entry). Where the fused C path can
+    run (CPU, elementwise kernel, not cautious, contiguous tensors) it does this per block of 256 in one pass,
+    with the same results; elsewhere one tensor at a time, so that a float32 momentum never exists for all
+    tensors at once.
     """
     k = get_kernel(kernel)
     kw = dict(lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, kernel=k, maximize=maximize, nonfinite=nonfinite)
@@ -161,6 +162,6 @@ def lion_int8(
         key = None if rounding_keys is None else rounding_keys[i]
         m = dequantize_int8(q, a)
         lion([p], [g], [m], foreach=foreach, fused=fused, cautious=cautious, rounding_keys=None if key is None else [key], **kw)
-        new_codes, new_absmax = quantize_int8(m, None if key is None else key[2:])
+        new_codes, new_absmax = quantize_int8(m, key)
         q.copy_(new_codes)
         a.copy_(new_absmax)

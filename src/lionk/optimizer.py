@@ -17,7 +17,7 @@ from .precision import (
     convert_momentum,
     init_momentum,
     momentum_storage,
-    rounding_keys,
+    rounding_key,
 )
 
 __all__ = ["Lion"]
@@ -253,7 +253,7 @@ class Lion(torch.optim.Optimizer):
         """Stochastic-rounding keys per tensor (None where nothing rounds), counting ``state["step"]``."""
         if not group["stochastic_rounding"]:
             return None
-        keys: list[tuple[int, int, int, int] | None] = []
+        keys: list[int | None] = []
         streams = None
         for p, target in zip(params, targets):
             state = self.state[p]
@@ -265,7 +265,7 @@ class Lion(torch.optim.Optimizer):
                 streams = {q: i for i, q in enumerate(q for g in self.param_groups for q in g["params"])}
             step = state.get("step", 0)
             state["step"] = step + 1
-            keys.append(rounding_keys(streams[p], step))
+            keys.append(rounding_key(streams[p], step))
         return keys if any(k is not None for k in keys) else None
 
     def _lion_step(

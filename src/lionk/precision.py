@@ -3,11 +3,12 @@ r"""Momentum storage (float32, bfloat16, int8 blockwise) and stochastic rounding
 **Stochastic rounding** of a float32 value :math:`x` to a 16-bit float format (bfloat16 or float16):
 let :math:`a` and :math:`b` be the two representable neighbours of :math:`x` with :math:`|a| \le |x| < |b|`;
 the result is :math:`b` with probability :math:`(|x|-|a|)/(|b|-|a|)` and :math:`a` otherwise, so its
-expectation is :math:`x` (up to :math:`2^{-24}` of an ulp). Exactly representable values, infinities and
-NaN are kept. The uniform number :math:`r \in [0, 1)` of each element is a hash of (stream, step,
-element index in memory order), see :func:`uniforms`: a run is bitwise reproducible, a resumed run
-continues with the same bits, and every execution path (reference, foreach, fused C) draws the same
-numbers. The C path implements the same formulas (``lion_cpu.c``).
+expectation is :math:`x` (up to :math:`2^{-16}` of an ulp). Exactly representable values, infinities and
+NaN are kept. The uniform number :math:`r = k / 2^{16}` of each element comes from a 32-bit hash of
+(tensor, step, element index in the parameter's memory order), see :func:`random_bits`: the weight uses
+its high 16 bits and the momentum (or the int8 codes) its low 16 bits, so one hash serves both. A run is
+bitwise reproducible, a resumed run continues with the same bits, and every execution path (reference,
+foreach, fused C) draws the same numbers. The C path implements the same formulas (``lion_cpu.c``).
 
 **int8 momentum**: the momentum, flattened in memory order, is cut into blocks of :data:`INT8_BLOCK`
 values; each block stores one float32 scale :math:`A = \max|m|` and signed codes
@@ -79,11 +80,11 @@ def check_momentum_dtype(momentum_dtype: str | None, param: Tensor) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# the random numbers: a 32-bit integer hash (Wellons' lowbias32) of (stream, step, element index)
+# the random numbers: one 32-bit hash per element and step, split between the weight and the momentum
 
 
 def mix32(x: int) -> int:
-    """lowbias32 on a Python int (the per-tensor keys)."""
+    """Wellons' lowbias32 integer hash on a Python int (the per-tensor keys)."""
     x &= _M32
     x ^= x >> 16
     x = (x * 0x7FEB352D) & _M32
@@ -101,13 +102,9 @@ def _mix32_tensor(x: Tensor) -> Tensor:
     return x ^ (x >> 16)
 
 
-def rounding_keys(stream: int, step: int) -> tuple[int, int, int, int]:
-    """Per-tensor keys (param k1, k2, momentum k1, k2) for a tensor's ``stream`` at ``step``."""
-    keys = []
-    for which in (0, 1):
-        k1 = mix32(mix32(stream * 2 + which) + step)
-        keys += [k1, mix32(k1 ^ 0x68E31DA4)]
-    return tuple(keys)
+def rounding_key(stream: int, step: int) -> int:
+    """The 32-bit key of a tensor's ``stream`` (its position in the optimizer) at ``step``."""
+    return mix32(mix32(stream ^ 0x5BD1E995) + step)
 
 
 def memory_order_index(t: Tensor) -> Tensor:
@@ -119,10 +116,17 @@ def memory_order_index(t: Tensor) -> Tensor:
     return flat.view(t.shape)
 
 
-def uniforms(index: Tensor, k1: int, k2: int) -> Tensor:
-    """float32 uniforms in [0, 1) with 24 random bits: mix32(mix32(index ^ k1) + k2) >> 8, times 2^-24."""
-    h = _mix32_tensor((_mix32_tensor((index & _M32) ^ k1) + k2) & _M32)
-    return (h >> 8).to(torch.float32) * 2.0**-24
+def random_bits(index: Tensor, key: int) -> Tensor:
+    """32 random bits per element: mix32(index * 0x9E3779B1 + key) (int64 tensor, index's shape).
+
+    The weight's stochastic rounding uses the high 16 bits, the momentum's (and the int8 codes') the low 16.
+    """
+    return _mix32_tensor(((index & _M32) * 0x9E3779B1 + key) & _M32)
+
+
+def uniform16(bits: Tensor) -> Tensor:
+    """float32 uniforms in [0, 1) from 16-bit integers: bits * 2^-16."""
+    return bits.to(torch.float32) * 2.0**-16
 
 
 def stochastic_round(x: Tensor, dtype: torch.dtype, r: Tensor) -> Tensor:
@@ -143,21 +147,21 @@ def stochastic_round(x: Tensor, dtype: torch.dtype, r: Tensor) -> Tensor:
     return torch.where((yf == x) | torch.isnan(x), y, rounded)
 
 
-def store(dst: Tensor, value: Tensor, keys: tuple[int, int] | None) -> None:
-    """``dst.copy_(value)``, with stochastic rounding when ``keys`` is given and dst is bfloat16/float16."""
-    if keys is None or dst.dtype not in _HALF_TYPES:
+def store(dst: Tensor, value: Tensor, r: Tensor | None) -> None:
+    """``dst.copy_(value)``, rounding stochastically with the uniforms ``r`` when given and dst is bfloat16/float16."""
+    if r is None or dst.dtype not in _HALF_TYPES:
         dst.copy_(value)
-        return
-    r = uniforms(memory_order_index(dst), *keys)
-    dst.copy_(stochastic_round(value.to(torch.float32), dst.dtype, r))
+    else:
+        dst.copy_(stochastic_round(value.to(torch.float32), dst.dtype, r))
 
 
 # ---------------------------------------------------------------------------------------------------
 # int8 blockwise momentum
 
 
-def quantize_int8(m: Tensor, keys: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
-    """Codes (int8, m's shape, contiguous) and float32 block scales of ``m``; stochastic when ``keys`` is given."""
+def quantize_int8(m: Tensor, key: int | None = None) -> tuple[Tensor, Tensor]:
+    """Codes (int8, m's shape, contiguous) and float32 block scales of ``m``; stochastic when ``key`` is given
+    (the low 16 bits of :func:`random_bits` of each element's row-major index)."""
     flat = m.detach().to(torch.float32).contiguous().view(-1)
     n = flat.numel()
     blocks = -(-n // INT8_BLOCK)
@@ -166,11 +170,11 @@ def quantize_int8(m: Tensor, keys: tuple[int, int] | None = None) -> tuple[Tenso
     # tensor / tensor: an IEEE division, as in lion_cpu.c (torch evaluates scalar / tensor as a reciprocal times)
     inverse = torch.full_like(absmax, 127.0) / absmax.clamp_min(torch.finfo(torch.float32).tiny)
     scaled = padded * inverse.unsqueeze(1)
-    if keys is None:
+    if key is None:
         codes = torch.round(scaled)
     else:
-        r = uniforms(torch.arange(blocks * INT8_BLOCK, device=m.device), *keys).view(blocks, INT8_BLOCK)
-        codes = torch.floor(scaled + r)
+        r = uniform16(random_bits(torch.arange(blocks * INT8_BLOCK, device=m.device), key) & 0xFFFF)
+        codes = torch.floor(scaled + r.view(blocks, INT8_BLOCK))
     codes = codes.nan_to_num_(0.0).clamp_(-127, 127).to(torch.int8).view(-1)[:n].view(m.shape)
     return codes, absmax
 

@@ -171,7 +171,7 @@ def lion_cpu_fused(
     maximize: bool,
     nonfinite: str,
     cautious: bool = False,
-    rounding_keys: list[tuple[int, int, int, int]] | None = None,
+    rounding_keys: list[int] | None = None,
 ) -> None:
     lib = _load()
     if lib is None:
@@ -201,7 +201,7 @@ def lion_cpu_fused(
     kernel_id, kparam = _KERNEL_IDS[type(kernel)], _kernel_parameter(kernel)
     for (dtype, m_dtype, stochastic), (ps, gs, ms, ks) in by_dtype.items():
         n = len(ps)
-        key_array = (ctypes.c_uint32 * (4 * n))(*[k for key in ks for k in key]) if stochastic else None
+        key_array = (ctypes.c_uint32 * n)(*ks) if stochastic else None
         pointers = [(ctypes.c_void_p * n)(*[t.data_ptr() for t in ts]) for ts in (ps, gs, ms)]
         numels = (ctypes.c_int64 * n)(*[t.numel() for t in ps])
         total = sum(numels)
@@ -240,7 +240,7 @@ def lion_cpu_fused_int8(
     kernel: Kernel,
     maximize: bool,
     nonfinite: str,
-    rounding_keys: list[tuple[int, int, int, int]] | None = None,
+    rounding_keys: list[int] | None = None,
 ) -> None:
     """One step of tensors whose momentum is int8 blockwise codes (:mod:`lionk.precision`), in C.
 
@@ -263,6 +263,6 @@ def lion_cpu_fused_int8(
         n = len(idx)
         pointers = [(ctypes.c_void_p * n)(*[ts[i].data_ptr() for i in idx]) for ts in (params, grads, codes, absmaxes)]
         numels = (ctypes.c_int64 * n)(*[params[i].numel() for i in idx])
-        keys = None if rounding_keys is None else (ctypes.c_uint32 * (4 * n))(*[k for i in idx for k in rounding_keys[i]])
+        keys = None if rounding_keys is None else (ctypes.c_uint32 * n)(*[rounding_keys[i] for i in idx])
         threads = 1 if sum(numels) < 2 * _MIN_ELEMENTS_PER_THREAD else max(1, torch.get_num_threads())
         _run_workers(getattr(lib, "lion_step_q8_" + _INT8_SUFFIXES[dtype]), (n, *pointers, numels), common, [(keys,)] * threads, threads)

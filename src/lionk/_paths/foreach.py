@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..kernels import Kernel
 from ..precision import store
-from .reference import as_real, cautious_mask, opmath_dtype
+from .reference import as_real, cautious_mask, opmath_dtype, stochastic_uniforms
 
 
 def _group_by_device_and_dtypes(*lists: list) -> dict[tuple, tuple[list, ...]]:
@@ -41,7 +41,7 @@ def lion_foreach(
     maximize: bool,
     nonfinite: str,
     cautious: bool = False,
-    rounding_keys: list[tuple[int, int, int, int]] | None = None,
+    rounding_keys: list[int] | None = None,
 ) -> None:
     skip = nonfinite == "skip"
     keys = [None] * len(params) if rounding_keys is None else rounding_keys
@@ -80,5 +80,6 @@ def lion_foreach(
             torch._foreach_copy_(ms_store, new_ms)
             continue
         for p_store, new_p, m_store, new_m, k in zip(ps_store, new_ps, ms_store, new_ms, ks):
-            store(p_store, new_p, None if k is None else k[:2])
-            store(m_store, new_m, None if k is None else k[2:])
+            r_p, r_m = stochastic_uniforms(p_store, m_store, k)
+            store(p_store, new_p, r_p)
+            store(m_store, new_m, r_m)

@@ -12,9 +12,9 @@
  *
  * Stochastic rounding (bfloat16/float16 storage, `keys` not NULL): the stores of p and m round to one
  * of the two neighbours of the float result, the one further from zero with probability
- * (|x| - |near|) / (|far| - |near|), using r = mix32(mix32(i ^ k1) + k2) >> 8 times 2^-24 for element
- * i of a tensor with keys (k1, k2) (4 keys per tensor: p's pair, then m's): lionk/precision.py's
- * formulas, so both paths draw the same bits and round alike.
+ * (|x| - |near|) / (|far| - |near|), comparing with r = k * 2^-16 where k is the high (for p) or the low (for m
+ * and int8 codes) 16 bits of h = mix32(i * 0x9E3779B1 + key) for element i of a tensor with key `key`:
+ * lionk/precision.py's formulas, so both paths draw the same bits and round alike.
  *
  * Work is split across `nworkers` callers: worker w handles the elements [N*w/W, N*(w+1)/W) of the
  * concatenation of all tensors (N elements in all), so one call per thread updates many tensors.
@@ -75,7 +75,7 @@ static inline uint16_t f16_store(float f) {
     return (uint16_t)((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign));
 }
 
-/* Wellons' lowbias32 integer hash, and the uniform in [0, 1) of element i under keys (k1, k2). */
+/* Wellons' lowbias32 integer hash, and the 32 random bits of element i under a tensor's key. */
 static inline uint32_t mix32(uint32_t x) {
     x ^= x >> 16;
     x *= 0x7FEB352Du;
@@ -84,16 +84,15 @@ static inline uint32_t mix32(uint32_t x) {
     return x ^ (x >> 16);
 }
 
-static inline float uniform24(int64_t i, uint32_t k1, uint32_t k2) {
-    return (float)(mix32(mix32((uint32_t)i ^ k1) + k2) >> 8) * 0x1.0p-24f;
-}
+static inline uint32_t random_bits(int64_t i, uint32_t key) { return mix32((uint32_t)i * 0x9E3779B1u + key); }
 
-/* Stochastic rounding of float x to a 16-bit format with loader LOAD and round-to-nearest STORE. The
-   choices are bit selects, not branches: they are random, so a branch would be mispredicted half the time. */
+/* Stochastic rounding of float x to a 16-bit format with loader LOAD and round-to-nearest STORE, with 16
+   random bits k (r = k * 2^-16). The choices are bit selects, not branches (they are random). */
 static inline uint32_t select32(uint32_t mask, uint32_t a, uint32_t b) { return (a & mask) | (b & ~mask); }
 
 #define DEFINE_STOCHASTIC_STORE(NAME, LOAD, STORE)                                         \
-    static inline uint16_t NAME(float x, float r) {                                        \
+    static inline uint16_t NAME(float x, uint32_t k) {                                     \
+        const float r = (float)k * 0x1.0p-16f;                                             \
         const uint32_t y = STORE(x);                                                       \
         const float yf = LOAD((uint16_t)y), ax = fabsf(x), ay = fabsf(yf);                 \
         /* up: nearest went towards zero, the other neighbour is one ulp further out */    \
@@ -112,14 +111,13 @@ static inline uint32_t select32(uint32_t mask, uint32_t a, uint32_t b) { return 
 #define ID_LOAD(x) (x)
 #define ID_STORE(x) (x)
 /* bfloat16 is the top half of a float32: the two neighbours are the truncation t and t + 1 ulp, and the
-   neighbour rule above reduces to "t + 1 where (r * 2^24) >> 8 < the low 16 bits of x" (exactly: both sides
-   are multiples of 2^-16 of an ulp), a few integer operations that vectorise. Overflow past the largest
+   neighbour rule above reduces to "t + 1 where k < the low 16 bits of x" (exactly: r and the probability are
+   both multiples of 2^-16), a few integer operations that vectorise. Overflow past the largest
    finite value keeps t, as the rule does (the far neighbour, infinity, has probability 0). */
-static inline uint16_t bf16_store_sr(float x, float r) {
+static inline uint16_t bf16_store_sr(float x, uint32_t k) {
     const uint32_t bits = f32_to_bits(x);
-    const uint32_t r16 = ((uint32_t)(r * 0x1.0p24f)) >> 8;
     const uint32_t t = bits >> 16;
-    const uint32_t up = t + (uint32_t)(r16 < (bits & 0xFFFFu));
+    const uint32_t up = t + (uint32_t)(k < (bits & 0xFFFFu));
     const uint32_t overflow = 0u - (uint32_t)(((up & 0x7FFFu) == 0x7F80u) & ((bits & 0x7F800000u) != 0x7F800000u));
     const uint32_t nan = 0u - (uint32_t)((bits & 0x7FFFFFFFu) > 0x7F800000u);
     return (uint16_t)select32(nan, 0x7FC0u, select32(overflow, t, up));
@@ -128,8 +126,9 @@ DEFINE_STOCHASTIC_STORE(f16_store_sr, f16_load, f16_store)
 #define NO_SR(x, r) (x) /* float32/float64 storage never rounds stochastically (keys is NULL) */
 
 /* The stores of the loops: PLAIN rounds to nearest, SR stochastically with the tensor's keys. */
-#define PLAIN(STORE, SRSTORE, x, k1, k2) STORE(x)
-#define SR(STORE, SRSTORE, x, k1, k2) SRSTORE(x, uniform24(i, k1, k2))
+#define PLAIN(STORE, SRSTORE, x, k) STORE(x)
+#define SR(STORE, SRSTORE, x, k) SRSTORE(x, k)
+#define ROUND_BITS(i) random_bits(i, key)
 
 #define SIGN(OT, c) ((OT)(((c) > 0) - ((c) < 0)))
 /* x clamped to [-1, 1], NaN staying NaN as with torch.clamp (fmin/fmax would drop the NaN) */
@@ -203,10 +202,8 @@ DEFINE_STOCHASTIC_STORE(f16_store_sr, f16_load, f16_store)
         FOR_WORKER_SEGMENTS(                                                                              \
             ST *restrict ps = (ST *)pp[t]; const ST *restrict gs = (const ST *)gp[t];                    \
             MT *restrict ms = (MT *)mp[t];                                                                \
+            const uint32_t key = keys ? keys[t] : 0u;                                                     \
             if (keys) {                                                                                   \
-                const uint32_t *tk = keys + 4 * t; /* no commas here: this is a macro argument */       \
-                const uint32_t pk1 = tk[0]; const uint32_t pk2 = tk[1];                                   \
-                const uint32_t mk1 = tk[2]; const uint32_t mk2 = tk[3];                                   \
                 const OT denom = denominators ? (OT)denominators[t] : (OT)1;                              \
                 if (denominators) {                                                                       \
                     CAUTIOUS_LOOP(OT, LOAD, STORE, SRSTORE, MLOAD, MSTORE, MSRSTORE, SR, DIRECTION(OT, POW, FABS, HYPOT, TANH), skip)  \
@@ -256,19 +253,21 @@ DEFINE_STOCHASTIC_STORE(f16_store_sr, f16_load, f16_store)
     for (int64_t i = lo; i < hi; ++i) {                                                    \
         LOAD_GC(OT, LOAD, MLOAD, SKIP)                                                            \
         OT p = LOAD(ps[i]);                                                                \
+        const uint32_t h = ROUND_BITS(i); /* unused (and removed) when rounding to nearest */ \
         OT u = (KEXPR);                                                                    \
         u = u * (OT)(u * g > 0) / denom + (c - c);                                         \
-        ps[i] = ROUND(STORE, SRSTORE, bad ? p : p * decay - u * lr, pk1, pk2);                                 \
-        ms[i] = ROUND(MSTORE, MSRSTORE, bad ? m : m * b2 + g * omb2, mk1, mk2);                                 \
+        ps[i] = ROUND(STORE, SRSTORE, bad ? p : p * decay - u * lr, h >> 16);                                 \
+        ms[i] = ROUND(MSTORE, MSRSTORE, bad ? m : m * b2 + g * omb2, h & 0xFFFFu);                                 \
     }
 
 #define STEP_LOOP(OT, LOAD, STORE, SRSTORE, MLOAD, MSTORE, MSRSTORE, ROUND, KEXPR, SKIP)                                            \
     for (int64_t i = lo; i < hi; ++i) {                                                    \
         LOAD_GC(OT, LOAD, MLOAD, SKIP)                                                            \
         OT p = LOAD(ps[i]);                                                                \
+        const uint32_t h = ROUND_BITS(i);                                                  \
         OT u = (KEXPR) + (c - c);                                                          \
-        ps[i] = ROUND(STORE, SRSTORE, bad ? p : p * decay - u * lr, pk1, pk2);                                 \
-        ms[i] = ROUND(MSTORE, MSRSTORE, bad ? m : m * b2 + g * omb2, mk1, mk2);                                 \
+        ps[i] = ROUND(STORE, SRSTORE, bad ? p : p * decay - u * lr, h >> 16);                                 \
+        ms[i] = ROUND(MSTORE, MSRSTORE, bad ? m : m * b2 + g * omb2, h & 0xFFFFu);                                 \
     }
 
 /* SUFFIX: param (and grad) storage, then _m<momentum storage> where the momentum is stored otherwise */
@@ -294,7 +293,7 @@ STEP_TYPES(f32_mf16, F32_IO, F16_IO, float, powf, fabsf, hypotf, tanhf)
  * A per block of 256 values, m = q * (A / 127). Per block: dequantise, step every element as above
  * (float32 arithmetic), then A' = max |m'| over the block (NaN if any is NaN) and
  * q' = round(m' * (127 / max(A', FLT_MIN))) clamped to [-127, 127] (0 where that is NaN): rint (nearest
- * even) or, with keys, floor(x + r) with the momentum's keys. Work is split across workers by whole blocks.
+ * even) or, with keys, floor(x + r) with r from the low 16 bits of the element's hash. Work is split across workers by whole blocks.
  * No cautious variant (the optimizer uses the torch path for cautious int8).
  */
 #define Q8_BLOCK 256
@@ -307,8 +306,9 @@ STEP_TYPES(f32_mf16, F32_IO, F16_IO, float, powf, fabsf, hypotf, tanhf)
         g = bad ? m : g;                                                                     \
         OT c = m * b1 + g * omb1;                                                            \
         OT p = LOAD(ps[i]);                                                                  \
+        const uint32_t h = ROUND_BITS(i);                                                    \
         OT u = (KEXPR) + (c - c);                                                            \
-        ps[i] = ROUND(STORE, SRSTORE, bad ? p : p * decay - u * lr, pk1, pk2);               \
+        ps[i] = ROUND(STORE, SRSTORE, bad ? p : p * decay - u * lr, h >> 16);               \
         buf[i - lo] = bad ? m : m * b2 + g * omb2;                                           \
     }
 
@@ -339,8 +339,7 @@ STEP_TYPES(f32_mf16, F32_IO, F16_IO, float, powf, fabsf, hypotf, tanhf)
             const ST *restrict gs = (const ST *)gp[t];                                                        \
             int8_t *restrict qs = (int8_t *)qp[t];                                                            \
             float *restrict as = (float *)ap[t];                                                              \
-            const uint32_t pk1 = keys ? keys[4 * t] : 0, pk2 = keys ? keys[4 * t + 1] : 0;                   \
-            const uint32_t mk1 = keys ? keys[4 * t + 2] : 0, mk2 = keys ? keys[4 * t + 3] : 0;               \
+            const uint32_t key = keys ? keys[t] : 0u;                                                         \
             for (int64_t b = b_lo; b < b_hi; ++b) {                                                          \
                 const int64_t lo = b * Q8_BLOCK, hi = lo + Q8_BLOCK < n ? lo + Q8_BLOCK : n;                 \
                 const float scale = as[b] / 127.0f;                                                           \
@@ -364,7 +363,7 @@ STEP_TYPES(f32_mf16, F32_IO, F16_IO, float, powf, fabsf, hypotf, tanhf)
                 as[b] = amax;                                                                                 \
                 const float inv = 127.0f / (amax < 0x1.0p-126f ? 0x1.0p-126f : amax);                        \
                 if (keys) {                                                                                   \
-                    for (int64_t i = lo; i < hi; ++i) Q8_STORE(floorf(buf[i - lo] * inv + uniform24(i, mk1, mk2))) \
+                    for (int64_t i = lo; i < hi; ++i) Q8_STORE(floorf(buf[i - lo] * inv + (float)(random_bits(i, key) & 0xFFFFu) * 0x1.0p-16f)) \
                 } else {                                                                                      \
                     for (int64_t i = lo; i < hi; ++i) Q8_STORE(rintf(buf[i - lo] * inv))                      \
                 }                                                                                             \

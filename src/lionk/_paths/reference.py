@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import Kernel
-from ..precision import store
+from ..precision import memory_order_index, random_bits, store, uniform16
 
 CAUTIOUS_FLOOR = 1e-3  # the cautious rescaling divides by the agreeing fraction, but never by less than this
 
@@ -42,6 +42,16 @@ def cautious_mask(u: Tensor, g: Tensor) -> Tensor:
         return u
     fraction = torch.count_nonzero(agree).to(torch.float64) / u.numel()
     return u * agree.to(u.dtype) / fraction.clamp_min(CAUTIOUS_FLOOR).to(u.dtype)
+
+
+def stochastic_uniforms(p: Tensor, m: Tensor, key: int | None) -> tuple[Tensor | None, Tensor | None]:
+    """The uniforms of the weight's and the momentum's stochastic rounding (high and low 16 bits of one hash of
+    each element's position in p's memory order), or None for a store that rounds to nearest."""
+    half = (torch.bfloat16, torch.float16)
+    if key is None or (p.dtype not in half and m.dtype not in half):
+        return None, None
+    bits = random_bits(memory_order_index(p), key)
+    return uniform16(bits >> 16), uniform16(bits & 0xFFFF)
 
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -66,7 +76,7 @@ def lion_reference(
     maximize: bool,
     nonfinite: str,
     cautious: bool = False,
-    rounding_keys: list[tuple[int, int, int, int]] | None = None,
+    rounding_keys: list[int] | None = None,
 ) -> None:
     skip = nonfinite == "skip"
     for i, (param, grad, exp_avg) in enumerate(zip(params, grads, exp_avgs)):
@@ -90,6 +100,6 @@ def lion_reference(
         if skip:
             new_p = torch.where(bad, p, new_p)
             new_m = torch.where(bad, m, new_m)
-        keys = None if rounding_keys is None else rounding_keys[i]
-        store(p_store, new_p, None if keys is None else keys[:2])
-        store(m_store, new_m, None if keys is None else keys[2:])
+        r_p, r_m = stochastic_uniforms(p_store, m_store, None if rounding_keys is None else rounding_keys[i])
+        store(p_store, new_p, r_p)
+        store(m_store, new_m, r_m)
