@@ -46,13 +46,22 @@ if triton.knobs.runtime.interpret:
 
         return apply
 
-    class libdevice:  # noqa: N801 - stands in for triton.language.extra.libdevice under the interpreter
+    class libdevice:  # stands in for triton.language.extra.libdevice under the interpreter
         pow = staticmethod(_numpy_elementwise(np.power))
         hypot = staticmethod(_numpy_elementwise(np.hypot))
         tanh = staticmethod(_numpy_elementwise(np.tanh))
 
 else:
     from triton.language.extra import libdevice
+
+
+# Only builtins and this file's functions are called: triton's own @jit helpers (tl.zeros, tl.sum, ...) are
+# decorated when triton is imported, compiled or interpreted for the whole process, whatever this file is.
+
+
+@triton.jit
+def _add(a, b):
+    return a + b
 
 
 @triton.jit
@@ -111,14 +120,14 @@ def _direction(c, kp, KERNEL: tl.constexpr, POW_MODE: tl.constexpr, OPMATH: tl.c
         elif POW_MODE == 2:
             mag = a
         else:
-            mag = libdevice.pow(a, kp + tl.zeros(c.shape, OPMATH))
+            mag = libdevice.pow(a, kp + tl.full(c.shape, 0.0, OPMATH))
         u = s * mag
     elif KERNEL == 2:  # quadratic
         u = c
     elif KERNEL == 3:  # huber: clip(c/a, -1, 1)
         u = tl.minimum(tl.maximum(_div(c, kp, OPMATH), -1.0), 1.0)
     elif KERNEL == 4:  # relativistic: c / hypot(c, a)
-        u = _div(c, libdevice.hypot(c, kp + tl.zeros(c.shape, OPMATH)), OPMATH)
+        u = _div(c, libdevice.hypot(c, kp + tl.full(c.shape, 0.0, OPMATH)), OPMATH)
     else:  # tanh(c/a)
         u = libdevice.tanh(_div(c, kp, OPMATH))
     return u
@@ -166,12 +175,12 @@ def _gc(g_ptr, m_ptr, offs, mask, scalars, G_DT: tl.constexpr, M_DT: tl.constexp
 def _agree_block(scalars, counts, offs, mask, t, g_ptr, m_ptr, G_DT: tl.constexpr, M_DT: tl.constexpr,
                  OPMATH: tl.constexpr, KERNEL: tl.constexpr, POW_MODE: tl.constexpr, MAXIMIZE: tl.constexpr,
                  SKIP: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
-    g, m, c, bad = _gc(g_ptr, m_ptr, offs, mask, scalars, G_DT, M_DT, OPMATH, MAXIMIZE, SKIP, MASKED)
+    g, _m, c, _bad = _gc(g_ptr, m_ptr, offs, mask, scalars, G_DT, M_DT, OPMATH, MAXIMIZE, SKIP, MASKED)
     u = _direction(c, tl.load(scalars + 5).to(OPMATH), KERNEL, POW_MODE, OPMATH)
     agree = u * g > 0
     if MASKED:
         agree = agree & mask
-    tl.atomic_add(counts + t, tl.sum(agree.to(tl.int64), axis=0))
+    tl.atomic_add(counts + t, tl.reduce(agree.to(tl.int64), 0, _add))
 
 
 @triton.jit
@@ -179,7 +188,7 @@ def _agree_kernel(table, block_map, scalars, counts, P_DT: tl.constexpr, G_DT: t
                   OPMATH: tl.constexpr, KERNEL: tl.constexpr, POW_MODE: tl.constexpr, MAXIMIZE: tl.constexpr,
                   SKIP: tl.constexpr, BLOCK: tl.constexpr, ALIGNED: tl.constexpr):  # fmt: skip
     """Cautious first pass: counts[t] += number of entries of tensor t with grad K(c) * g > 0."""
-    t, p_ptr, g_ptr, m_ptr, numel, start, offs = _locate(table, block_map, P_DT, G_DT, M_DT, BLOCK, ALIGNED)
+    t, _p_ptr, g_ptr, m_ptr, numel, start, offs = _locate(table, block_map, P_DT, G_DT, M_DT, BLOCK, ALIGNED)
     mask = offs < numel
     if start + BLOCK <= numel:
         _agree_block(scalars, counts, offs, mask, t, g_ptr, m_ptr, G_DT, M_DT, OPMATH, KERNEL, POW_MODE,
@@ -199,7 +208,7 @@ def _step_block(scalars, lr_ptr, counts, offs, mask, t, numel, p_ptr, g_ptr, m_p
     if CAUTIOUS:
         fraction = tl.load(counts + t).to(tl.float64) / numel.to(tl.float64)
         denom = tl.maximum(fraction, tl.load(scalars + 6)).to(OPMATH)
-        u = _div(u * (u * g > 0).to(OPMATH), denom + tl.zeros(u.shape, OPMATH), OPMATH)
+        u = _div(u * (u * g > 0).to(OPMATH), denom + tl.full(u.shape, 0.0, OPMATH), OPMATH)
     u = u + (c - c)
     lr64 = tl.load(lr_ptr)
     decay = (1.0 - lr64 * tl.load(scalars)).to(OPMATH)

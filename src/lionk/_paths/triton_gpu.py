@@ -244,4 +244,3 @@ def lion_triton(
             if cautious:
                 kernels._agree_kernel[(n_blocks,)](table, block_map, host, counts, **types, **flags, **launch)
             kernels._step_kernel[(n_blocks,)](table, block_map, host, lr_dev, counts, **types, **flags, CAUTIOUS=cautious, **launch)
-
