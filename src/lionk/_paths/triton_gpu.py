@@ -37,6 +37,7 @@ pow, hypot and tanh are libdevice's (numpy's under the interpreter): a few ulp f
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import sys
 import threading
@@ -143,25 +144,29 @@ def _shares_dense_layout(p: Tensor, g: Tensor, m: Tensor) -> bool:
 
 
 def _table(device: torch.device, ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], block: int) -> tuple[Tensor, Tensor, int]:
-    """(table, block map, number of blocks) on ``device`` for these tensors, cached by addresses and sizes."""
+    """(table, block map, number of blocks) on ``device`` for these tensors, cached by addresses and sizes.
+
+    Only the table (5 int64 per tensor) crosses to the device; the block map, ``t`` repeated
+    ``ceil(numel_t / block)`` times, is expanded there.
+    """
     rows = [(p.data_ptr(), g.data_ptr(), m.data_ptr(), p.numel()) for p, g, m in zip(ps, gs, ms)]
     key = (device, block, *rows)
-    hit = _tables.get(key)
-    if hit is not None:
-        _tables.move_to_end(key)
-        return hit
-    flat, blocks, first = [], [], 0
-    for t, row in enumerate(rows):
-        n_blocks = -(-row[3] // block)
-        flat.extend((*row, first))
-        blocks.extend([t] * n_blocks)
-        first += n_blocks
-    host = torch.tensor(flat + blocks, dtype=torch.int64)
-    buffer = host.to(device, non_blocking=True)
-    entry = (buffer[: len(flat)], buffer[len(flat) :], first)
-    _tables[key] = entry
-    if len(_tables) > _CACHE_SIZE:
-        _tables.popitem(last=False)
+    with _lock:
+        hit = _tables.get(key)
+        if hit is not None:
+            _tables.move_to_end(key)
+            return hit
+    n_blocks = [-(-row[3] // block) for row in rows]
+    firsts = itertools.accumulate(n_blocks[:-1], initial=0)
+    table = torch.tensor([v for row, first in zip(rows, firsts) for v in (*row, first)], dtype=torch.int64).to(device, non_blocking=True)
+    total = sum(n_blocks)
+    per_tensor = (table.view(-1, _ROW)[:, 3] + (block - 1)) // block
+    block_map = torch.repeat_interleave(torch.arange(len(rows), device=device), per_tensor, output_size=total)
+    entry = (table, block_map, total)
+    with _lock:
+        _tables[key] = entry
+        if len(_tables) > _CACHE_SIZE:
+            _tables.popitem(last=False)
     return entry
 
 
