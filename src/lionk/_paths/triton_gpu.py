@@ -15,10 +15,12 @@ counting pass, ``count(grad K(c) * g > 0)`` per tensor by atomics, then the step
 Multi-tensor scheme: tensors are grouped by (device, param/grad/momentum dtypes, 16-byte alignment);
 each group is one launch (two with ``cautious``) over all its blocks of ``BLOCK`` elements, driven by
 a table of addresses, numels and first blocks plus a block -> tensor map (see
-:mod:`lionk._paths._triton_kernels`). The table is built on the host and uploaded once; it is cached
-by the tensors' addresses and sizes (its contents are a function of them), so a training loop
-uploads nothing after its first step. Tensors whose layout is not dense and shared by param, grad
-and momentum (e.g. a transposed view) are updated by the reference path, as in the fused CPU path.
+:mod:`lionk._paths._triton_kernels`). The table (5 int64 per tensor) is built on the host and the block
+map expanded from it on the device; both are cached by the tensors' addresses and sizes (their
+contents are a function of them), so after its first step a training loop uploads only the 8
+float64 hyperparameters (wd, betas, kernel parameter, cautious floor, lr) per launch group.
+Tensors whose layout is not dense and shared by param, grad and momentum (e.g. a transposed view)
+are updated by the reference path, as in the fused CPU path.
 
 No autotuning: the step updates memory in place, and an autotuner that benchmarks configurations on
 the live tensors applies the update several times (lion-pytorch's defect). A memory-bound
@@ -26,9 +28,11 @@ elementwise kernel needs no tuning beyond a block large enough for vector loads 
 flight: ``BLOCK = 4096`` elements and ``NUM_WARPS = 8`` (16 elements per thread) for every dtype.
 
 Float32 division is ``div_rn`` (IEEE), float32 square root ``sqrt_rn``, multiply-add contraction is
-off, and Power's exponents 0, 1/2 and 1 are computed as torch computes them (1, sqrt, |c|), so the
-sign, quadratic, huber and p=1, 1.5, 2 power kernels round exactly as the reference path on CPU.
-pow, hypot and tanh are libdevice's (numpy's under the interpreter): a few ulp from torch's.
+off, and Power's exponents 0, 1/2 and 1 are computed as torch computes them (1, sqrt, |c|). So sign,
+quadratic and huber round exactly as the reference path on CPU, and sign and quadratic as on CUDA
+(torch on CUDA divides by a Python scalar as a multiplication by its reciprocal: huber and tanh may
+differ by an ulp there). pow, hypot and tanh are libdevice's (numpy's under the interpreter), and
+torch's CPU float32 sqrt is not correctly rounded: power, relativistic and tanh agree to a few ulp.
 
 ``triton`` is imported only when this path runs. CPU tensors run only under Triton's interpreter
 (``TRITON_INTERPRET=1``, for tests); the dispatcher never picks this path for them.
