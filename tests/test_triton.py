@@ -200,8 +200,10 @@ def test_bad_input_is_refused():
         triton_gpu.lion_triton([torch.zeros(3, dtype=torch.int32)], p, [torch.zeros(3)], kernel=get_kernel("sign"), **kw)
 
 
-def test_cpu_tensors_need_the_interpreter(monkeypatch):
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+def test_cpu_tensors_need_the_interpreter_and_cuda_tensors_refuse_it(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert "address table" in triton_gpu.unavailable_reason("cuda")
+    monkeypatch.delenv("TRITON_INTERPRET")
     assert "TRITON_INTERPRET=1" in triton_gpu.unavailable_reason("cpu")
     with pytest.raises(RuntimeError, match="runs on CUDA tensors"):
         triton_gpu.lion_triton([torch.zeros(3)], [torch.ones(3)], [torch.zeros(3)], lr=LR, beta1=0.9, beta2=0.99, weight_decay=0.0,

@@ -35,7 +35,8 @@ differ by an ulp there). pow, hypot and tanh are libdevice's (numpy's under the 
 torch's CPU float32 sqrt is not correctly rounded: power, relativistic and tanh agree to a few ulp.
 
 ``triton`` is imported only when this path runs. CPU tensors run only under Triton's interpreter
-(``TRITON_INTERPRET=1``, for tests); the dispatcher never picks this path for them.
+(``TRITON_INTERPRET=1``, for tests); the dispatcher never picks this path for them. CUDA tensors are
+refused under the interpreter, which would not follow the device addresses in the table.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def _triton_import_error() -> str | None:
 
 
 def interpreter_requested() -> bool:
-    """True when ``TRITON_INTERPRET=1``: Triton kernels then run in its interpreter, and CPU tensors are allowed."""
+    """True when ``TRITON_INTERPRET=1``: CPU tensors then run in Triton's interpreter, and CUDA tensors are refused."""
     return os.environ.get(_INTERPRET_ENV, "0") == "1"
 
 
@@ -104,6 +105,8 @@ def unavailable_reason(device: str | torch.device = "cuda") -> str | None:
         if interpreter_requested():
             return None
         return f"the Triton path runs on CUDA tensors (CPU tensors only under the Triton interpreter, {_INTERPRET_ENV}=1)"
+    if interpreter_requested():
+        return f"{_INTERPRET_ENV}=1: the interpreter copies only argument tensors to the host, not the tensors the address table points to"
     if not torch.cuda.is_available():
         return "CUDA is not available"
     major, minor = torch.cuda.get_device_capability(device)
@@ -227,8 +230,7 @@ def lion_triton(
         kparam = kernel.p - 1.0
         pow_mode = _POW_MODES.get(kparam, 3)
     for (device, p_dtype, g_dtype, m_dtype, aligned), (ps, gs, ms) in groups.items():
-        interpret = device.type == "cpu" or interpreter_requested()
-        kernels = _kernels(interpret)
+        kernels = _kernels(interpret=device.type == "cpu")
         table, block_map, n_blocks = _table(device, ps, gs, ms, block_size)
         host_scalars = [weight_decay, beta1, 1 - beta1, beta2, 1 - beta2, kparam, CAUTIOUS_FLOOR]
         if isinstance(lr, Tensor):
