@@ -49,3 +49,31 @@ def test_bad_arguments_give_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_small_tensors_option_splits_the_size_into_equal_tensors(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--size", "20k", "--small-tensors", "4k", "--rounds", "1", "--warmup", "0", "--roof-size", "1M", "--json", str(out)]
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["tensors"] == 5 and report["params"] == 20_000
+    assert "in 5 tensors" in capsys.readouterr().out
+
+
+def test_cuda_contenders_include_the_triton_path_and_the_report_compares_it():
+    import torch
+
+    from lionk.cli.bench import TRITON_NAME, _contenders, format_report
+
+    names = [c.name for c in _contenders(torch.device("cuda"))[0]]  # builds factories only: no GPU needed
+    assert TRITON_NAME in names and "lionk foreach" in names
+    rows = [
+        {"name": TRITON_NAME, "family": "lion", "ms": 1.0, "ms_min": 1.0, "gbs": 1.0, "roof_pct": 90.0, "first_step_ms": 1.0},
+        {"name": "torch AdamW fused", "family": "adamw", "ms": 1.5, "ms_min": 1.5, "gbs": 1.0, "roof_pct": 80.0, "first_step_ms": 1.0},
+        {"name": "lion-pytorch triton", "family": "lion", "ms": 2.0, "ms_min": 2.0, "gbs": 1.0, "roof_pct": 45.0, "first_step_ms": 1.0},
+    ]
+    report = dict(params=1e8, dtype="float32", tensors=100, device="GPU", roof_gbs=3000.0, rounds=3, results=rows, not_installed=[],
+                  ideal_bytes_per_param={"lion": 20, "adamw": 28})  # fmt: skip
+    text = format_report(report)
+    assert f"{TRITON_NAME} vs torch AdamW(fused=True): 1.50x faster" in text
+    assert f"{TRITON_NAME} vs lion-pytorch use_triton=True: 2.00x faster" in text

@@ -15,13 +15,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._paths import cpu_fused
+from ._paths import cpu_fused, triton_gpu
 from ._paths.foreach import lion_foreach
 from ._paths.reference import lion_reference
 from .kernels import Kernel, get_kernel
 from .precision import dequantize_int8, quantize_int8
 
 NONFINITE_MODES = ("propagate", "skip")
+# fused=None on CUDA picks the Triton path only when this is True. It stays False until the kernel has been
+# validated and timed on a GPU (it is tested under Triton's CPU interpreter); until then it runs with fused=True.
+TRITON_BY_DEFAULT = False
 
 
 def default_foreach(params: list[Tensor]) -> bool:
@@ -32,10 +35,12 @@ def default_foreach(params: list[Tensor]) -> bool:
 def fused_unavailable_reason(kernel: str | Kernel = "sign", device: str | torch.device = "cpu") -> str | None:
     """None when the fused path can run ``kernel`` on ``device``, else a one-line reason why not."""
     k, device = get_kernel(kernel), torch.device(device)
-    if device.type != "cpu":
-        return f"no fused path for {device.type} tensors yet (the foreach path is used)"
+    if device.type not in ("cpu", "cuda"):
+        return f"no fused path for {device.type} tensors (the foreach path is used)"
     if not cpu_fused.supports_kernel(k):
         return f"kernel {k.spec!r} is taken over the whole tensor; the fused path runs the elementwise kernels only"
+    if device.type == "cuda":
+        return triton_gpu.unavailable_reason(device)
     return cpu_fused.unavailable_reason()
 
 
@@ -44,6 +49,15 @@ def _fusable(params: list[Tensor], kernel: Kernel) -> bool:
         cpu_fused.supports_kernel(kernel)
         and all(type(p) in (torch.Tensor, torch.nn.Parameter) and p.device.type == "cpu" for p in params)
         and cpu_fused.unavailable_reason() is None
+    )
+
+
+def _triton_fusable(params: list[Tensor], kernel: Kernel) -> bool:
+    return (
+        TRITON_BY_DEFAULT
+        and triton_gpu.supports_kernel(kernel)
+        and all(type(p) in (torch.Tensor, torch.nn.Parameter) and p.is_cuda for p in params)
+        and triton_gpu.unavailable_reason(params[0].device) is None
     )
 
 
@@ -66,7 +80,8 @@ def lion(
 ) -> None:
     """Apply one Lion-K step in place to ``params`` and their momenta ``exp_avgs``.
 
-    Paths: ``fused`` (one pass in C over many tensors; CPU, elementwise kernels), ``foreach``
+    Paths: ``fused`` (one pass over many tensors, elementwise kernels: in C on CPU, a Triton kernel on
+    CUDA, which ``fused=None`` picks only once :data:`TRITON_BY_DEFAULT` is set), ``foreach``
     (multi-tensor torch ops) and the per-tensor reference loop. ``fused=None`` picks the fused path
     where it runs (not while torch.compile traces the step: inductor fuses the reference ops itself),
     then foreach for CUDA tensors, else the loop. ``fused=True`` raises RuntimeError where it cannot run.
@@ -91,9 +106,11 @@ def lion(
         reason = fused_unavailable_reason(k, params[0].device)
         if reason is not None:
             raise RuntimeError(f"fused=True cannot run here: {reason}")
-        path = cpu_fused.lion_cpu_fused
+        path = triton_gpu.lion_triton if params[0].device.type == "cuda" else cpu_fused.lion_cpu_fused
     elif fused is None and not foreach and not torch.compiler.is_compiling() and _fusable(params, k):
         path = cpu_fused.lion_cpu_fused
+    elif fused is None and not foreach and not torch.compiler.is_compiling() and _triton_fusable(params, k):
+        path = triton_gpu.lion_triton
     elif foreach or (foreach is None and default_foreach(params)):
         path = lion_foreach
     else:

@@ -109,8 +109,9 @@ class Lion(torch.optim.Optimizer):
             in sign with the current gradient, rescaled by ``1 / max(agreeing fraction of the tensor, 1e-3)``;
             decay still applies to every entry. Equal to plain Lion-K when every entry agrees.
         foreach: use the multi-tensor ``torch._foreach_*`` path; ``None`` picks it for CUDA tensors.
-        fused: use the fused path (one pass over memory, many tensors per call; CPU, elementwise kernels);
-            ``None`` picks it wherever it can run, ``True`` raises RuntimeError where it cannot
+        fused: use the fused path (one pass over memory, many tensors per call, elementwise kernels: C on CPU, Triton on CUDA);
+            ``None`` picks it wherever it can run (on CUDA only once ``lionk.functional.TRITON_BY_DEFAULT``
+            is set), ``True`` raises RuntimeError where it cannot
             (:func:`lionk.fused_unavailable_reason` says why).
         momentum_dtype: storage of the momentum: ``None`` (the parameter's dtype), ``torch.float32``,
             ``torch.bfloat16`` or ``"int8"`` (blockwise codes with one float32 scale per 256 values, for

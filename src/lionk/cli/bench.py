@@ -32,6 +32,7 @@ from ..memory import state_bytes
 from . import CLIError
 
 LION_LR, ADAMW_LR = 1e-5, 1e-5  # tiny steps keep the shared parameters finite through many rounds
+TRITON_NAME = "lionk fused (Triton)"
 
 
 @dataclass
@@ -75,6 +76,11 @@ def gpt_shapes(target: int, layers: int, vocab: int = 16384, context: int = 1024
     return shapes_for(d)
 
 
+def small_shapes(target: int, each: int) -> list[tuple[int, ...]]:
+    """``target // each`` tensors of ``each`` elements: the many-small-tensors case, where launches dominate."""
+    return [(each,)] * max(1, target // each)
+
+
 def _contenders(device: torch.device, dtype: torch.dtype) -> tuple[list[Contender], list[str]]:
     """lionk's paths and storages, torch's AdamW variants and every installed peer Lion; and the peers not found."""
     import lionk
@@ -101,6 +107,8 @@ def _contenders(device: torch.device, dtype: torch.dtype) -> tuple[list[Contende
         Contender("torch AdamW foreach", "adamw", lambda ps: torch.optim.AdamW(ps, lr=ADAMW_LR, foreach=True)),
         Contender("torch AdamW for-loop", "adamw", lambda ps: torch.optim.AdamW(ps, lr=ADAMW_LR, foreach=False)),
     ]
+    if cuda:  # opt-in until lionk.functional.TRITON_BY_DEFAULT is set; fails with its reason where triton cannot run
+        contenders.insert(1, Contender(TRITON_NAME, "lion", lambda ps: lionk.Lion(ps, lr=LION_LR, weight_decay=0.1, fused=True)))
     peers = {
         "lion-pytorch": ("lion_pytorch", lambda m: lambda ps: m.Lion(ps, lr=LION_LR, weight_decay=0.1)),
         "lion-pytorch foreach": ("lion_pytorch.foreach", lambda m: lambda ps: m.Lion(ps, lr=LION_LR, weight_decay=0.1)),
@@ -132,8 +140,10 @@ def _time_ms(fn: Callable[[], object], device: torch.device) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def run_bench(size: int, layers: int, dtype: torch.dtype, device: torch.device, rounds: int, warmup: int, roof_elements: int) -> dict:
-    shapes = gpt_shapes(size, layers)
+def run_bench(
+    size: int, layers: int, dtype: torch.dtype, device: torch.device, rounds: int, warmup: int, roof_elements: int, small: int | None = None
+) -> dict:
+    shapes = gpt_shapes(size, layers) if small is None else small_shapes(size, small)
     gen = torch.Generator(device="cpu").manual_seed(0)
     params = [torch.nn.Parameter((torch.randn(s, generator=gen) * 0.02).to(device=device, dtype=dtype)) for s in shapes]
     for p in params:
@@ -238,6 +248,10 @@ def format_report(report: dict) -> str:
     if ours and peers:
         best = min(peers, key=lambda r: r["ms"])
         lines.append(f"lionk default vs fastest peer Lion ({best['name']}): {best['ms'] / ours:.2f}x faster")
+    triton = by_name.get(TRITON_NAME, {}).get("ms")
+    if triton:
+        versus = [(adamw, "torch AdamW(fused=True)"), (by_name.get("lion-pytorch triton", {}).get("ms"), "lion-pytorch use_triton=True")]
+        lines += [f"{TRITON_NAME} vs {name}: {other / triton:.2f}x faster" for other, name in versus if other]
     if report["not_installed"]:
         lines.append("peers not available here: " + "; ".join(report["not_installed"]))
     return "\n".join(lines)
@@ -253,7 +267,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError("--device cuda requested but CUDA is not available")
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     roof = parse_size(args.roof_size)
-    report = run_bench(parse_size(args.size), args.layers, dtype, device, args.rounds, args.warmup, roof)
+    small = None if args.small_tensors is None else parse_size(args.small_tensors)
+    report = run_bench(parse_size(args.size), args.layers, dtype, device, args.rounds, args.warmup, roof, small)
     print(format_report(report))
     if args.json:
         path = Path(args.json)
@@ -271,6 +286,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved timed rounds (default 15)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per contender first (default 2)")
+    parser.add_argument(
+        "--small-tensors",
+        metavar="SIZE",
+        help="instead of the GPT-like set, split --size into tensors of SIZE elements (e.g. 4k: the many-small-tensors case)",
+    )
     parser.add_argument("--roof-size", default="64M", help="elements of each roof tensor (default 64M)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
     parser.set_defaults(func=run)
