@@ -65,7 +65,7 @@ def test_cuda_contenders_include_the_triton_path_and_the_report_compares_it():
 
     from lionk.cli.bench import TRITON_NAME, _contenders, format_report
 
-    names = [c.name for c in _contenders(torch.device("cuda"))[0]]  # builds factories only: no GPU needed
+    names = [c.name for c in _contenders(torch.device("cuda"), torch.float32)[0]]  # builds factories only: no GPU needed
     assert TRITON_NAME in names and "lionk foreach" in names
     rows = [
         {"name": TRITON_NAME, "family": "lion", "ms": 1.0, "ms_min": 1.0, "gbs": 1.0, "roof_pct": 90.0, "first_step_ms": 1.0},
