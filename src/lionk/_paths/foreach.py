@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..kernels import Kernel
-from .reference import as_real, cautious_mask, opmath_dtype
+from .reference import as_real, cautious_mask, opmath_dtype, tensor_direction
 
 
 def _group_by_device_and_dtype(*lists: list[Tensor]) -> dict[tuple, tuple[list[Tensor], ...]]:
@@ -59,7 +59,7 @@ def lion_foreach(
 
         cs = torch._foreach_mul(ms, beta1)
         torch._foreach_add_(cs, torch._foreach_mul(gs, 1 - beta1))
-        us = kernel.foreach_direction(cs)
+        us = kernel.foreach_direction(cs) if kernel.elementwise else [tensor_direction(kernel, c) for c in cs]
         if cautious:
             us = [cautious_mask(u, g) for u, g in zip(us, gs)]
         torch._foreach_add_(us, torch._foreach_sub(cs, cs))  # NaN where c is not finite

@@ -16,6 +16,9 @@ gradient is replaced by the momentum when forming ``c`` and their results are ma
 With ``cautious=True`` (Cautious Optimizers, Liang et al. 2024) only the entries whose update agrees in
 sign with the current gradient are kept, rescaled by the agreeing fraction of the whole tensor:
 ``u = u * (u*g > 0) / max(count(u*g > 0) / numel, 1e-3)``.
+Sharded parameters (DTensor, e.g. FSDP2's ``fully_shard``): elementwise kernels act on each rank's shard;
+tensor-scope kernels (norms, nuclear) see the whole tensor (:func:`tensor_direction`); the cautious count and
+numel are those of the whole tensor (DTensor reduces ``count_nonzero`` over the shards).
 Complex tensors are updated as pairs of reals (``torch.view_as_real``).
 """
 
@@ -39,6 +42,25 @@ def cautious_mask(u: Tensor, g: Tensor) -> Tensor:
         return u
     fraction = torch.count_nonzero(agree).to(torch.float64) / u.numel()
     return u * agree.to(u.dtype) / fraction.clamp_min(CAUTIOUS_FLOOR).to(u.dtype)
+
+
+def is_dtensor(t: Tensor) -> bool:
+    """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (a sharded or replicated parameter)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def tensor_direction(kernel: Kernel, c: Tensor) -> Tensor:
+    """grad K(c). For a DTensor and a tensor-scope kernel, K is taken over the whole tensor: ``c`` is all-gathered,
+    every rank computes the same full direction and keeps its own shard of it (no further communication)."""
+    if kernel.elementwise or not is_dtensor(c):
+        return kernel.direction(c)
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(kernel.direction(c.full_tensor()), c.device_mesh, c.placements, src_data_rank=None)
 
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -77,7 +99,7 @@ def lion_reference(
             bad = ~torch.isfinite(g)
             g = torch.where(bad, m, g)
         c = m * beta1 + g * (1 - beta1)
-        u = kernel.direction(c)
+        u = tensor_direction(kernel, c)
         if cautious:
             u = cautious_mask(u, g)
         u = u + (c - c)  # c - c is 0 where c is finite, NaN where it is not
