@@ -108,15 +108,22 @@ class CommCounter:
         self.calls = self.bytes = 0
 
 
-def counting_allreduce_hook(state: CommCounter, bucket: dist.GradBucket) -> torch.futures.Future[Tensor]:
+def counting_allreduce_hook(state: CommCounter, bucket):  # unannotated: DDP rejects string annotations
     """A DDP communication hook: torch's default averaging all-reduce, counting each bucket in ``state``.
 
     ``ddp_model.register_comm_hook(counter, counting_allreduce_hook)``; ``counter.process_group`` is the group.
+    ``bucket`` is a ``torch.distributed.GradBucket``; returns the all-reduce's ``torch.futures.Future[Tensor]``.
     """
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
     state.add(bucket.buffer())
     return allreduce_hook(state.process_group, bucket)
+
+
+def _all_gather(output: Tensor, input: Tensor, group: Any) -> None:
+    """All-gather ``input`` of every rank into ``output``, in rank order (``all_gather_single`` where torch has it)."""
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(output, input, group=group)
 
 
 class DistributedLion(Lion):
@@ -282,7 +289,7 @@ class DistributedLion(Lion):
         if any_zero:
             payload = torch.cat([payload, pack_bits(local != 0)])
         gathered = payload.new_empty(self.world_size * payload.numel())
-        self._collective("vote all-gather", lambda: dist.all_gather_into_tensor(gathered, payload, group=self.process_group), payload)
+        self._collective("vote all-gather", lambda: _all_gather(gathered, payload, self.process_group), payload)
         gathered = gathered.view(self.world_size, -1)
         nbytes = (n + 7) // 8
         total = unpack_bits(gathered[:, :nbytes], n).to(torch.int32).sum(dim=0, dtype=torch.int32) * 2 - self.world_size
@@ -319,7 +326,7 @@ class DistributedLion(Lion):
         value = int.from_bytes(digest.digest(), "little")
         mine = torch.tensor([value], dtype=torch.int64, device=device)
         everyone = mine.new_empty(self.world_size)
-        self._collective("replica check all-gather", lambda: dist.all_gather_into_tensor(everyone, mine, group=self.process_group), mine)
+        self._collective("replica check all-gather", lambda: _all_gather(everyone, mine, self.process_group), mine)
         sums = everyone.tolist()
         if len(set(sums)) != 1:
             raise RuntimeError(f"DistributedLion: replicas differ; parameter checksum per rank: {sums}")
