@@ -105,6 +105,27 @@ def vote(out: dict, rank: int, world: int, tmp: Path) -> None:
         opt.step()
         out[mode] = (before, p.detach().clone(), first, opt.traffic.bytes - first, opt.traffic.calls)
 
+    # non-finite gradients: "propagate" raises on every rank and updates nothing; "skip" makes the entry vote 0
+    for mode in ("propagate", "skip"):
+        p = torch.nn.Parameter(torch.zeros(3))
+        opt = DistributedLion([p], lr=0.5, nonfinite=mode)
+        p.grad = torch.tensor([float("nan") if rank == 0 else 1.0, 1.0, -1.0])
+        try:
+            opt.step()
+            error = None
+        except RuntimeError as err:
+            error = str(err)
+        out[f"nonfinite {mode}"] = (error, p.detach().clone(), opt.state[p]["exp_avg"].clone())
+
+    # ranks that step different parameters are caught
+    p = torch.nn.Parameter(torch.zeros(3 + rank))
+    opt = DistributedLion([p], lr=0.5)
+    p.grad = torch.ones_like(p)
+    try:
+        opt.step()
+    except RuntimeError as err:
+        out["mismatch"] = str(err)
+
     # many steps: each rank its own batches; replicas must stay bitwise equal, momenta differ
     for kernel, mode in (("sign", "majority"), ("tanh(a=0.01)", "mean"), ("huber(a=0.05)", "majority")):
         model = _mlp(1)

@@ -159,6 +159,21 @@ def test_vote_equals_hand_computation_ties_and_zeros_give_zero(vote_results):
             assert first_bytes == 32 + 2 + 2 and second_bytes == 32 + 2 and calls == 4
 
 
+def test_nonfinite_propagate_raises_everywhere_and_skip_votes_zero(vote_results):
+    for rank, out in enumerate(vote_results):
+        error, p, m = out["nonfinite propagate"]
+        assert "non-finite" in error and torch.equal(p, torch.zeros(3)) and torch.equal(m, torch.zeros(3))
+        error, p, m = out["nonfinite skip"]
+        # votes: rank 0 [0, 1, -1], rank 1 [1, 1, -1]; majority [1, 1, -1]; rank 0 keeps its momentum at the NaN entry
+        assert error is None and torch.equal(p, torch.tensor([-0.5, -0.5, 0.5]))
+        assert m[0].item() == (0.0 if rank == 0 else torch.tensor(1 - 0.99).item()) and torch.isfinite(m).all()
+
+
+def test_ranks_stepping_different_parameters_raise(vote_results):
+    for out in vote_results:
+        assert "different numbers of elements (from 3 to 4)" in out["mismatch"]
+
+
 @pytest.mark.parametrize("case", ["train sign majority", "train tanh(a=0.01) mean", "train huber(a=0.05) majority"])
 def test_replicas_bitwise_identical_after_many_steps(vote_results, case):
     r0, r1 = (out[case] for out in vote_results)
