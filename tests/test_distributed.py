@@ -119,6 +119,11 @@ def test_fsdp2_lion_equals_single_process_lion_on_the_global_batch(fsdp_results,
             torch.testing.assert_close(sharded, single, rtol=1e-5, atol=1e-6)
 
 
+def test_fsdp2_fused_true_raises_instead_of_running_on_dtensors(fsdp_results):
+    for out in fsdp_results:
+        assert "not DTensors" in out["fused"]
+
+
 def test_fsdp2_diagnostics_reduce_over_the_whole_tensor(fsdp_results):
     for out in fsdp_results:
         sharded, single = out["diagnostics"]
