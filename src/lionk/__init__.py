@@ -2,6 +2,7 @@
 
 from . import kernels
 from .diagnostics import diagnostics, format_diagnostics
+from .distributed import DistributedLion
 from .functional import fused_unavailable_reason, lion
 from .hparams import from_adamw
 from .kernels import Huber, Kernel, LInf, LpNorm, Nuclear, Power, Quadratic, Relativistic, Sign, Tanh, get_kernel
@@ -32,6 +33,7 @@ __all__ = [
     "from_adamw",
     "state_bytes",
     "LionSF",
+    "DistributedLion",
     "diagnostics",
     "format_diagnostics",
 ]

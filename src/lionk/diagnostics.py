@@ -24,7 +24,8 @@ Groups with :math:`\lambda = 0` report that no constraint applies (``constraint=
 describes the kernels whose :math:`K^*` is finite only on the box (``sign``, ``power(p=1)``, ``huber``,
 ``relativistic``, ``tanh``) and :math:`S` is the score of ``sign`` and ``power(p=1)`` only (the others add a
 penalty or barrier inside the box); groups with other kernels (norm balls, penalties) get
-``constraint="not covered"`` and ``None`` fields. Complex parameters count as pairs of reals.
+``constraint="not covered"`` and ``None`` fields. Complex parameters count as pairs of reals. Sharded parameters
+(DTensor, FSDP2) are gathered first, so the figures are those of the whole tensor (a collective: call it on every rank).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ._paths.reference import as_real
+from ._paths.reference import as_real, is_dtensor
 from .kernels import Huber, Kernel, Power, Relativistic, Sign, Tanh, get_kernel
 
 __all__ = ["BOUNDARY_THRESHOLD", "GroupDiagnostics", "TensorDiagnostics", "diagnostics", "format_diagnostics"]
@@ -68,6 +69,10 @@ class GroupDiagnostics:
     boundary_fraction: float | None = None
     max_scaled: float | None = None
     stationarity: float | None = None
+
+
+def _whole(t: Tensor) -> Tensor:
+    return t.full_tensor() if is_dtensor(t) else t
 
 
 def _has_box(kernel: Kernel) -> bool:
@@ -105,7 +110,7 @@ def diagnostics(
         out = GroupDiagnostics(index=gi, weight_decay=wd, kernel=kernel.spec, constraint=constraint)
         at_boundary, total, max_scaled, s_sum, s_numel = 0, 0, 0.0, 0.0, 0
         for pi, p in enumerate(group["params"]):
-            x = as_real(p.detach()).to(torch.float64)
+            x = as_real(_whole(p.detach())).to(torch.float64)
             n = x.numel()
             frac = top = s = None
             if box and n > 0:
@@ -114,7 +119,7 @@ def diagnostics(
                 frac, top = count / n, scaled.amax().item()
                 at_boundary, total, max_scaled = at_boundary + count, total + n, max(max_scaled, top)
             if score and p.grad is not None and n > 0:
-                g = sign * as_real(p.grad.detach()).to(torch.float64)
+                g = sign * as_real(_whole(p.grad.detach())).to(torch.float64)
                 s_total = (g.abs().sum() + wd * (x * g).sum()).item()
                 s, s_sum, s_numel = s_total / n, s_sum + s_total, s_numel + n
             out.tensors.append(TensorDiagnostics(labels.get(id(p), f"p{pi}"), tuple(p.shape), p.numel(), frac, top, s))

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ._paths import cpu_fused, triton_gpu
 from ._paths.foreach import lion_foreach
-from ._paths.reference import lion_reference
+from ._paths.reference import is_dtensor, lion_reference
 from .kernels import Kernel, get_kernel
 from .precision import dequantize_int8, quantize_int8
 
@@ -104,6 +104,8 @@ def lion(
     k = get_kernel(kernel)
     if fused:
         reason = fused_unavailable_reason(k, params[0].device)
+        if reason is None and any(is_dtensor(p) for p in params):
+            reason = "the fused path takes plain tensors, not DTensors (FSDP2 parameters run the reference or foreach path)"
         if reason is not None:
             raise RuntimeError(f"fused=True cannot run here: {reason}")
         path = triton_gpu.lion_triton if params[0].device.type == "cuda" else cpu_fused.lion_cpu_fused

@@ -77,6 +77,8 @@ def check_momentum_dtype(momentum_dtype: str | None, param: Tensor) -> None:
     """ValueError where the storage cannot hold this parameter's momentum (complex parameters keep their dtype)."""
     if momentum_dtype is not None and param.is_complex():
         raise ValueError(f"momentum_dtype={momentum_dtype!r} is not supported for complex parameters (use None)")
+    if momentum_dtype == "int8" and hasattr(param, "device_mesh"):
+        raise ValueError("momentum_dtype='int8' is not supported for DTensor (FSDP2) parameters (use None, float32 or bfloat16)")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -151,8 +153,10 @@ def store(dst: Tensor, value: Tensor, r: Tensor | None) -> None:
     """``dst.copy_(value)``, rounding stochastically with the uniforms ``r`` when given and dst is bfloat16/float16."""
     if r is None or dst.dtype not in _HALF_TYPES:
         dst.copy_(value)
-    else:
-        dst.copy_(stochastic_round(value.to(torch.float32), dst.dtype, r))
+        return
+    if hasattr(dst, "to_local"):  # a DTensor: round this rank's shard (r holds its positions' bits)
+        dst, value = dst.to_local(), value.to_local()
+    dst.copy_(stochastic_round(value.to(torch.float32), dst.dtype, r))
 
 
 # ---------------------------------------------------------------------------------------------------

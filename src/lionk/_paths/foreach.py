@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..kernels import Kernel
 from ..precision import store
-from .reference import as_real, cautious_mask, opmath_dtype, stochastic_uniforms
+from .reference import as_real, cautious_mask, opmath_dtype, stochastic_uniforms, tensor_direction
 
 
 def _group_by_device_and_dtypes(*lists: list) -> dict[tuple, tuple[list, ...]]:
@@ -62,7 +62,7 @@ def lion_foreach(
 
         cs = torch._foreach_mul(ms, beta1)
         torch._foreach_add_(cs, torch._foreach_mul(gs, 1 - beta1))
-        us = kernel.foreach_direction(cs)
+        us = kernel.foreach_direction(cs) if kernel.elementwise else [tensor_direction(kernel, c) for c in cs]
         if cautious:
             us = [cautious_mask(u, g) for u, g in zip(us, gs)]
         torch._foreach_add_(us, torch._foreach_sub(cs, cs))  # NaN where c is not finite

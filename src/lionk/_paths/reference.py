@@ -16,9 +16,13 @@ gradient is replaced by the momentum when forming ``c`` and their results are ma
 With ``cautious=True`` (Cautious Optimizers, Liang et al. 2024) only the entries whose update agrees in
 sign with the current gradient are kept, rescaled by the agreeing fraction of the whole tensor:
 ``u = u * (u*g > 0) / max(count(u*g > 0) / numel, 1e-3)``.
+Sharded parameters (DTensor, e.g. FSDP2's ``fully_shard``): elementwise kernels act on each rank's shard;
+tensor-scope kernels (norms, nuclear) see the whole tensor (:func:`tensor_direction`); the cautious count and
+numel are those of the whole tensor (DTensor reduces ``count_nonzero`` over the shards).
 Complex tensors are updated as pairs of reals (``torch.view_as_real``). The momentum may be stored in
 another dtype than the parameter (``momentum_dtype``); with ``rounding_keys`` the bfloat16/float16
-stores of weight and momentum round stochastically (:mod:`lionk.precision`), else to nearest.
+stores of weight and momentum round stochastically (:mod:`lionk.precision`), else to nearest (for a
+DTensor, each rank draws the bits of its own shard's positions).
 """
 
 from __future__ import annotations
@@ -50,8 +54,27 @@ def stochastic_uniforms(p: Tensor, m: Tensor, key: int | None) -> tuple[Tensor |
     half = (torch.bfloat16, torch.float16)
     if key is None or (p.dtype not in half and m.dtype not in half):
         return None, None
-    bits = random_bits(memory_order_index(p), key)
+    bits = random_bits(memory_order_index(p.to_local() if is_dtensor(p) else p), key)
     return uniform16(bits >> 16), uniform16(bits & 0xFFFF)
+
+
+def is_dtensor(t: Tensor) -> bool:
+    """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (a sharded or replicated parameter)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)
+
+
+def tensor_direction(kernel: Kernel, c: Tensor) -> Tensor:
+    """grad K(c). For a DTensor and a tensor-scope kernel, K is taken over the whole tensor: ``c`` is all-gathered,
+    every rank computes the same full direction and keeps its own shard of it (no further communication)."""
+    if kernel.elementwise or not is_dtensor(c):
+        return kernel.direction(c)
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(kernel.direction(c.full_tensor()), c.device_mesh, c.placements, src_data_rank=None)
 
 
 def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -91,7 +114,7 @@ def lion_reference(
             bad = ~torch.isfinite(g)
             g = torch.where(bad, m, g)
         c = m * beta1 + g * (1 - beta1)
-        u = kernel.direction(c)
+        u = tensor_direction(kernel, c)
         if cautious:
             u = cautious_mask(u, g)
         u = u + (c - c)  # c - c is 0 where c is finite, NaN where it is not
