@@ -136,16 +136,22 @@ def vote(out: dict, rank: int, world: int, tmp: Path) -> None:
         out["mismatch"] = str(err)
 
     # many steps: each rank its own batches; replicas must stay bitwise equal, momenta differ
-    for kernel, mode in (("sign", "majority"), ("tanh(a=0.01)", "mean"), ("huber(a=0.05)", "majority")):
-        model = _mlp(1)
+    # (bf16 weights: stochastic rounding draws the same bits on every rank)
+    for kernel, mode, dtype in (
+        ("sign", "majority", torch.float32),
+        ("tanh(a=0.01)", "mean", torch.float32),
+        ("huber(a=0.05)", "majority", torch.float32),
+        ("sign", "majority", torch.bfloat16),
+    ):
+        model = _mlp(1).to(dtype)
         init = [p.detach().clone() for p in model.parameters()]
         opt = DistributedLion(_groups(model, kernel), lr=0.01, weight_decay=0.1, vote=mode, check_every=25)
         for step in range(100):
             x, y = _batch(1000 * rank + step)
             opt.zero_grad()
-            nn.functional.mse_loss(model(x), y).backward()
+            nn.functional.mse_loss(model(x.to(dtype)).float(), y).backward()
             opt.step()
-        out[f"train {kernel} {mode}"] = dict(
+        out[f"train {kernel} {mode}" + (" bf16" if dtype == torch.bfloat16 else "")] = dict(
             params=[p.detach().clone() for p in model.parameters()],
             init=init,
             momenta=[opt.state[p]["exp_avg"].clone() for p in model.parameters()],
@@ -167,7 +173,7 @@ def vote(out: dict, rank: int, world: int, tmp: Path) -> None:
 
     # input errors
     errors = []
-    for kwargs in ({"kernel": "quadratic"}, {"kernel": "l2"}, {"vote": "median"}, {"check_every": -1}):
+    for kwargs in ({"kernel": "quadratic"}, {"kernel": "l2"}, {"vote": "median"}, {"check_every": -1}, {"momentum_dtype": "int8"}):
         try:
             DistributedLion([nn.Parameter(torch.zeros(3))], **kwargs)
         except ValueError as err:

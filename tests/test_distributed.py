@@ -179,7 +179,9 @@ def test_ranks_stepping_different_parameters_raise(vote_results):
         assert "different numbers of elements (from 3 to 4)" in out["mismatch"]
 
 
-@pytest.mark.parametrize("case", ["train sign majority", "train tanh(a=0.01) mean", "train huber(a=0.05) majority"])
+@pytest.mark.parametrize(
+    "case", ["train sign majority", "train tanh(a=0.01) mean", "train huber(a=0.05) majority", "train sign majority bf16"]
+)
 def test_replicas_bitwise_identical_after_many_steps(vote_results, case):
     r0, r1 = (out[case] for out in vote_results)
     assert r0["checksum"] == r1["checksum"]
@@ -196,8 +198,9 @@ def test_one_rank_distributed_lion_is_lion(vote_results):
 
 def test_invalid_arguments_name_the_value(vote_results):
     errors = vote_results[0]["errors"]
-    assert len(errors) == 4
+    assert len(errors) == 5
     assert "'quadratic'" in errors[0] and "'lp(p=2.0" in errors[1] and "'median'" in errors[2] and "-1" in errors[3]
+    assert "not int8" in errors[4]
 
 
 def test_a_failing_rank_makes_the_others_raise_instead_of_hanging(tmp_path):
