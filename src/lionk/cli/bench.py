@@ -218,6 +218,12 @@ def _device_name(device: torch.device) -> str:
     return f"CPU {cpu}, {torch.get_num_threads()} threads"
 
 
+def _speedup(theirs_ms: float, ours_ms: float) -> str:
+    """'1.31x faster' or '1.43x slower'."""
+    ratio = theirs_ms / ours_ms
+    return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+
+
 def format_report(report: dict) -> str:
     lines = [
         f"lionk bench: {report['params'] / 1e6:.1f}M {report['dtype']} parameters in {report['tensors']} tensors on {report['device']}",
@@ -244,14 +250,14 @@ def format_report(report: dict) -> str:
     peers = [r for r in report["results"] if r.get("ms") and r["family"] == "lion" and not r["name"].startswith("lionk")]
     lines.append("")
     if ours and adamw:
-        lines.append(f"lionk default vs torch AdamW(fused=True): {adamw / ours:.2f}x faster")
+        lines.append(f"lionk default vs torch AdamW(fused=True): {_speedup(adamw, ours)}")
     if ours and peers:
         best = min(peers, key=lambda r: r["ms"])
-        lines.append(f"lionk default vs fastest peer Lion ({best['name']}): {best['ms'] / ours:.2f}x faster")
+        lines.append(f"lionk default vs fastest peer Lion ({best['name']}): {_speedup(best['ms'], ours)}")
     triton = by_name.get(TRITON_NAME, {}).get("ms")
     if triton:
         versus = [(adamw, "torch AdamW(fused=True)"), (by_name.get("lion-pytorch triton", {}).get("ms"), "lion-pytorch use_triton=True")]
-        lines += [f"{TRITON_NAME} vs {name}: {other / triton:.2f}x faster" for other, name in versus if other]
+        lines += [f"{TRITON_NAME} vs {name}: {_speedup(other, triton)}" for other, name in versus if other]
     if report["not_installed"]:
         lines.append("peers not available here: " + "; ".join(report["not_installed"]))
     return "\n".join(lines)
