@@ -53,10 +53,11 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ._paths.reference import as_real, is_dtensor, opmath_dtype, stochastic_uniforms
+from ._paths import is_dtensor
+from ._paths.reference import as_real, opmath_dtype
 from .kernels import Huber, Kernel, Relativistic, Sign, Tanh, get_kernel
 from .optimizer import Lion, _where
-from .precision import store
+from .precision import stochastic_uniforms, store
 
 __all__ = ["VOTES", "CommCounter", "DistributedLion", "counting_allreduce_hook", "pack_bits", "unpack_bits"]
 
@@ -264,7 +265,7 @@ class DistributedLion(Lion):
         for group in self.param_groups:
             group.setdefault("step", 0)
             params, grads, exp_avgs = self._gather(group)
-            keys = self._rounding_keys(group, params, params) or [None] * len(params)
+            keys = self._rounding_keys(group, params) or [None] * len(params)
             kernel = get_kernel(group["kernel"])
             beta1 = group["betas"][0]
             items = []

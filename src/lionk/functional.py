@@ -15,9 +15,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._paths import cpu_fused, triton_gpu
+from ._paths import cpu_fused, is_dtensor, triton_gpu
+from ._paths.elementwise import supports_kernel
 from ._paths.foreach import lion_foreach
-from ._paths.reference import is_dtensor, lion_reference
+from ._paths.reference import lion_reference
 from .kernels import Kernel, get_kernel
 from .precision import dequantize_int8, quantize_int8
 
@@ -37,7 +38,7 @@ def fused_unavailable_reason(kernel: str | Kernel = "sign", device: str | torch.
     k, device = get_kernel(kernel), torch.device(device)
     if device.type not in ("cpu", "cuda"):
         return f"no fused path for {device.type} tensors (the foreach path is used)"
-    if not cpu_fused.supports_kernel(k):
+    if not supports_kernel(k):
         return f"kernel {k.spec!r} is taken over the whole tensor; the fused path runs the elementwise kernels only"
     if device.type == "cuda":
         return triton_gpu.unavailable_reason(device)
@@ -46,7 +47,7 @@ def fused_unavailable_reason(kernel: str | Kernel = "sign", device: str | torch.
 
 def _fusable(params: list[Tensor], kernel: Kernel) -> bool:
     return (
-        cpu_fused.supports_kernel(kernel)
+        supports_kernel(kernel)
         and all(type(p) in (torch.Tensor, torch.nn.Parameter) and p.device.type == "cpu" for p in params)
         and cpu_fused.unavailable_reason() is None
     )
@@ -55,7 +56,7 @@ def _fusable(params: list[Tensor], kernel: Kernel) -> bool:
 def _triton_fusable(params: list[Tensor], kernel: Kernel) -> bool:
     return (
         TRITON_BY_DEFAULT
-        and triton_gpu.supports_kernel(kernel)
+        and supports_kernel(kernel)
         and all(type(p) in (torch.Tensor, torch.nn.Parameter) and p.is_cuda for p in params)
         and triton_gpu.unavailable_reason(params[0].device) is None
     )

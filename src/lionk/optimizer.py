@@ -15,6 +15,7 @@ from .precision import (
     canonical_momentum_dtype,
     check_momentum_dtype,
     convert_momentum,
+    has_half_store,
     init_momentum,
     momentum_storage,
     rounding_key,
@@ -32,7 +33,6 @@ _FLAG_DEFAULTS: dict[str, Any] = {
     "momentum_dtype": None,
     "stochastic_rounding": True,
 }
-_HALF_TYPES = (torch.bfloat16, torch.float16)
 
 
 def _where(index: int | None) -> str:
@@ -166,6 +166,7 @@ class Lion(torch.optim.Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group, validating its hyperparameters and its kernel against its parameters."""
+        self._streams = None  # the parameters' positions change
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         index = len(self.param_groups) - 1
@@ -191,6 +192,7 @@ class Lion(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self._streams = None
         for group in self.param_groups:
             for flag, default in _FLAG_DEFAULTS.items():
                 group.setdefault(flag, default)
@@ -250,23 +252,25 @@ class Lion(torch.optim.Optimizer):
         keys = ("weight_decay", "kernel", "maximize", "nonfinite", "foreach", "fused", "cautious")
         return dict(beta1=beta1, beta2=beta2, **{k: group[k] for k in keys})
 
-    def _rounding_keys(self, group: dict[str, Any], params: list[Tensor], targets: list[Tensor]) -> list | None:
-        """Stochastic-rounding keys per tensor (None where nothing rounds), counting ``state["step"]``."""
+    def _rounding_keys(self, group: dict[str, Any], params: list[Tensor]) -> list | None:
+        """Stochastic-rounding keys per tensor (None where nothing rounds), counting ``state["step"]``.
+
+        A parameter's stream is its position in the optimizer (cached until a param group is added).
+        """
         if not group["stochastic_rounding"]:
             return None
         keys: list[int | None] = []
-        streams = None
-        for p, target in zip(params, targets):
+        for p in params:
             state = self.state[p]
             m = state["exp_avg"]
-            if target.dtype not in _HALF_TYPES and m.dtype not in (*_HALF_TYPES, torch.int8):
+            if not (has_half_store(p, m) or m.dtype == torch.int8):
                 keys.append(None)
                 continue
-            if streams is None:  # a parameter's stream is its position in the optimizer
-                streams = {q: i for i, q in enumerate(q for g in self.param_groups for q in g["params"])}
+            if self._streams is None:
+                self._streams = {q: i for i, q in enumerate(q for g in self.param_groups for q in g["params"])}
             step = state.get("step", 0)
             state["step"] = step + 1
-            keys.append(rounding_key(streams[p], step))
+            keys.append(rounding_key(self._streams[p], step))
         return keys if any(k is not None for k in keys) else None
 
     def _lion_step(
@@ -277,10 +281,10 @@ class Lion(torch.optim.Optimizer):
         Momenta stored as int8 codes go through :func:`lionk.functional.lion_int8`.
         """
         targets = params if targets is None else targets
-        keys = self._rounding_keys(group, params, targets)
+        keys = self._rounding_keys(group, params)
         kwargs = self._step_kwargs(group)
         quantised = [i for i, p in enumerate(params) if self.state[p]["exp_avg"].dtype == torch.int8]
-        direct = [i for i in range(len(params)) if i not in set(quantised)]
+        direct = [i for i, p in enumerate(params) if self.state[p]["exp_avg"].dtype != torch.int8]
         if direct:
             lion(
                 [targets[i] for i in direct],

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._paths import is_dtensor
+
 __all__ = [
     "MOMENTUM_DTYPES",
     "INT8_BLOCK",
@@ -38,6 +40,9 @@ __all__ = [
     "stochastic_round",
     "quantize_int8",
     "dequantize_int8",
+    "HALF_TYPES",
+    "has_half_store",
+    "stochastic_uniforms",
     "init_momentum",
     "read_momentum",
     "convert_momentum",
@@ -46,7 +51,7 @@ __all__ = [
 MOMENTUM_DTYPES = (None, "float32", "bfloat16", "int8")
 INT8_BLOCK = 256
 INT8_MIN_NUMEL = 4096
-_HALF_TYPES = (torch.bfloat16, torch.float16)
+HALF_TYPES = (torch.bfloat16, torch.float16)  # the storages that round stochastically
 _M32 = 0xFFFFFFFF
 
 
@@ -77,7 +82,7 @@ def check_momentum_dtype(momentum_dtype: str | None, param: Tensor) -> None:
     """ValueError where the storage cannot hold this parameter's momentum (complex parameters keep their dtype)."""
     if momentum_dtype is not None and param.is_complex():
         raise ValueError(f"momentum_dtype={momentum_dtype!r} is not supported for complex parameters (use None)")
-    if momentum_dtype == "int8" and hasattr(param, "device_mesh"):
+    if momentum_dtype == "int8" and is_dtensor(param):
         raise ValueError("momentum_dtype='int8' is not supported for DTensor (FSDP2) parameters (use None, float32 or bfloat16)")
 
 
@@ -149,12 +154,27 @@ def stochastic_round(x: Tensor, dtype: torch.dtype, r: Tensor) -> Tensor:
     return torch.where((yf == x) | torch.isnan(x), y, rounded)
 
 
+def has_half_store(p: Tensor, m: Tensor) -> bool:
+    """Whether a step of weight ``p`` with momentum ``m`` stores a bfloat16/float16 value (one that may round)."""
+    return p.dtype in HALF_TYPES or m.dtype in HALF_TYPES
+
+
+def stochastic_uniforms(p: Tensor, m: Tensor, key: int | None) -> tuple[Tensor | None, Tensor | None]:
+    """The uniforms of the weight's and the momentum's stochastic rounding: the high and the low 16 bits of
+    :func:`random_bits` of each element's position in p's memory order (a DTensor: in this rank's shard);
+    None for a store that rounds to nearest (no key) or does not round (a float32/float64 storage)."""
+    if key is None or not has_half_store(p, m):
+        return None, None
+    bits = random_bits(memory_order_index(p.to_local() if is_dtensor(p) else p), key)
+    return (uniform16(bits >> 16) if p.dtype in HALF_TYPES else None), (uniform16(bits & 0xFFFF) if m.dtype in HALF_TYPES else None)
+
+
 def store(dst: Tensor, value: Tensor, r: Tensor | None) -> None:
-    """``dst.copy_(value)``, rounding stochastically with the uniforms ``r`` when given and dst is bfloat16/float16."""
-    if r is None or dst.dtype not in _HALF_TYPES:
+    """``dst.copy_(value)``, rounding stochastically with the uniforms ``r`` when given (dst bfloat16/float16)."""
+    if r is None:
         dst.copy_(value)
         return
-    if hasattr(dst, "to_local"):  # a DTensor: round this rank's shard (r holds its positions' bits)
+    if is_dtensor(dst):  # round this rank's shard: r holds its positions' bits
         dst, value = dst.to_local(), value.to_local()
     dst.copy_(stochastic_round(value.to(torch.float32), dst.dtype, r))
 

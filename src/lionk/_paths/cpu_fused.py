@@ -32,7 +32,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..kernels import Huber, Kernel, Power, Quadratic, Relativistic, Sign, Tanh
+from ..kernels import Kernel
+from ..precision import has_half_store
+from .elementwise import KERNEL_IDS, kernel_parameter, shares_dense_layout, supports_kernel
 from .reference import CAUTIOUS_FLOOR, as_real, lion_reference
 
 _SOURCE = Path(__file__).with_name("lion_cpu.c")
@@ -46,7 +48,6 @@ _SUFFIXES = {(dtype, dtype): name for dtype, name in _NAMES.items()} | {
     (torch.float16, torch.bfloat16): "f16_mbf16",
     (torch.float32, torch.float16): "f32_mf16",
 }
-_KERNEL_IDS: dict[type[Kernel], int] = {Sign: 0, Power: 1, Quadratic: 2, Huber: 3, Relativistic: 4, Tanh: 5}
 # Below this many elements in a step, one thread does all the work (thread hand-off costs ~20 us).
 _MIN_ELEMENTS_PER_THREAD = 1 << 15
 
@@ -129,22 +130,17 @@ def unavailable_reason() -> str | None:
     return _unavailable
 
 
-def supports_kernel(kernel: Kernel) -> bool:
-    return type(kernel) in _KERNEL_IDS
-
-
-def _kernel_parameter(kernel: Kernel) -> float:
-    if isinstance(kernel, Power):
-        return kernel.p - 1.0
-    return float(getattr(kernel, "a", 0.0))
-
-
 def _shares_dense_layout(p: Tensor, g: Tensor, m: Tensor) -> bool:
-    """True when the three tensors cover their memory densely with the same strides (elementwise = flat),
-    the gradient has the parameter's dtype and the momentum a dtype the C loops take with it."""
-    if not (p.stride() == g.stride() == m.stride() and p.dtype == g.dtype and (p.dtype, m.dtype) in _SUFFIXES):
-        return False
-    return p.is_contiguous() or p.is_contiguous(memory_format=torch.channels_last) or p.dim() == 0
+    """True when the C loops take these tensors: a shared dense layout, the gradient in the parameter's dtype
+    and the momentum in a dtype the loops pair with it."""
+    return p.dtype == g.dtype and (p.dtype, m.dtype) in _SUFFIXES and shares_dense_layout(p, g, m)
+
+
+def _scalars(kernel: Kernel, lr: float | Tensor, beta1: float, beta2: float, weight_decay: float, maximize: bool, nonfinite: str) -> tuple:
+    """The scalar arguments every C step function takes after its worker index."""
+    lr = lr.item() if isinstance(lr, Tensor) else lr
+    return (KERNEL_IDS[type(kernel)], kernel_parameter(kernel), lr, 1 - lr * weight_decay, beta1, 1 - beta1, beta2, 1 - beta2,
+            int(maximize), int(nonfinite == "skip"))  # fmt: skip
 
 
 def _run_workers(fn, head: tuple, tail: tuple, last: list[tuple], threads: int) -> None:
@@ -177,9 +173,7 @@ def lion_cpu_fused(
     if lib is None:
         raise RuntimeError(f"the fused CPU path is unavailable: {_unavailable}")
     if not supports_kernel(kernel):
-        raise RuntimeError(
-            f"the fused CPU path supports the elementwise kernels {sorted(k.name for k in _KERNEL_IDS)}, not {kernel.spec!r}"
-        )
+        raise RuntimeError(f"the fused CPU path supports the elementwise kernels {sorted(k.name for k in KERNEL_IDS)}, not {kernel.spec!r}")
     if isinstance(lr, Tensor):
         lr = lr.item()
     scalars = dict(
@@ -190,7 +184,7 @@ def lion_cpu_fused(
         p, g, m = as_real(param), as_real(grad), as_real(exp_avg)
         if p.device.type != "cpu" or p.dtype not in _NAMES:
             raise RuntimeError(f"the fused CPU path needs CPU float tensors, got {p.dtype} on {p.device}")
-        keys = None if rounding_keys is None or not {p.dtype, m.dtype} & {torch.bfloat16, torch.float16} else rounding_keys[i]
+        keys = None if rounding_keys is None or not has_half_store(p, m) else rounding_keys[i]
         if not _shares_dense_layout(p, g, m):
             lion_reference([param], [grad], [exp_avg], **scalars, rounding_keys=None if keys is None else [keys])
             continue
@@ -198,7 +192,7 @@ def lion_cpu_fused(
             bucket = by_dtype.setdefault((p.dtype, m.dtype, keys is not None), ([], [], [], []))
             for lst, t in zip(bucket, (p, g, m, keys)):
                 lst.append(t)
-    kernel_id, kparam = _KERNEL_IDS[type(kernel)], _kernel_parameter(kernel)
+    common = _scalars(kernel, lr, beta1, beta2, weight_decay, maximize, nonfinite)
     for (dtype, m_dtype, stochastic), (ps, gs, ms, ks) in by_dtype.items():
         n = len(ps)
         key_array = (ctypes.c_uint32 * n)(*ks) if stochastic else None
@@ -206,7 +200,6 @@ def lion_cpu_fused(
         numels = (ctypes.c_int64 * n)(*[t.numel() for t in ps])
         total = sum(numels)
         suffix = _SUFFIXES[dtype, m_dtype]
-        common = (kernel_id, kparam, lr, 1 - lr * weight_decay, beta1, 1 - beta1, beta2, 1 - beta2, int(maximize), int(nonfinite == "skip"))
         head = (n, *pointers, numels)
         threads = 1 if total < 2 * _MIN_ELEMENTS_PER_THREAD else max(1, torch.get_num_threads())
         denominators = None
@@ -218,7 +211,7 @@ def lion_cpu_fused(
         _run_workers(getattr(lib, "lion_step_" + suffix), head, common, [(denominators, key_array)] * threads, threads)
 
 
-_INT8_SUFFIXES = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+_INT8_SUFFIXES = {dtype: name for dtype, name in _NAMES.items() if dtype != torch.float64}  # lion_step_q8_*
 
 
 def int8_fusable(param: Tensor, grad: Tensor) -> bool:
@@ -251,10 +244,7 @@ def lion_cpu_fused_int8(
     lib = _load()
     if lib is None:
         raise RuntimeError(f"the fused CPU path is unavailable: {_unavailable}")
-    if isinstance(lr, Tensor):
-        lr = lr.item()
-    common = (_KERNEL_IDS[type(kernel)], _kernel_parameter(kernel), lr, 1 - lr * weight_decay, beta1, 1 - beta1, beta2, 1 - beta2)
-    common += (int(maximize), int(nonfinite == "skip"))
+    common = _scalars(kernel, lr, beta1, beta2, weight_decay, maximize, nonfinite)
     by_dtype: dict[torch.dtype, list[int]] = {}
     for i, p in enumerate(params):
         if p.numel():

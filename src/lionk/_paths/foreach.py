@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from ..kernels import Kernel
-from ..precision import store
-from .reference import as_real, cautious_mask, opmath_dtype, stochastic_uniforms, tensor_direction
+from ..precision import has_half_store, stochastic_uniforms, store
+from .reference import as_real, cautious_mask, opmath_dtype, tensor_direction
 
 
 def _group_by_device_and_dtypes(*lists: list) -> dict[tuple, tuple[list, ...]]:
@@ -75,7 +75,7 @@ def lion_foreach(
         if skip:
             new_ps = [torch.where(bad, p, q) for bad, p, q in zip(bads, ps, new_ps)]
             new_ms = [torch.where(bad, m, q) for bad, m, q in zip(bads, ms, new_ms)]
-        if rounding_keys is None or not {ps_store[0].dtype, ms_store[0].dtype} & {torch.bfloat16, torch.float16}:
+        if rounding_keys is None or not has_half_store(ps_store[0], ms_store[0]):
             torch._foreach_copy_(ps_store, new_ps)
             torch._foreach_copy_(ms_store, new_ms)
             continue

@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 
 from ..kernels import Kernel
-from ..precision import memory_order_index, random_bits, store, uniform16
+from ..precision import stochastic_uniforms, store
+from . import is_dtensor
 
 CAUTIOUS_FLOOR = 1e-3  # the cautious rescaling divides by the agreeing fraction, but never by less than this
 
@@ -46,25 +47,6 @@ def cautious_mask(u: Tensor, g: Tensor) -> Tensor:
         return u
     fraction = torch.count_nonzero(agree).to(torch.float64) / u.numel()
     return u * agree.to(u.dtype) / fraction.clamp_min(CAUTIOUS_FLOOR).to(u.dtype)
-
-
-def stochastic_uniforms(p: Tensor, m: Tensor, key: int | None) -> tuple[Tensor | None, Tensor | None]:
-    """The uniforms of the weight's and the momentum's stochastic rounding (high and low 16 bits of one hash of
-    each element's position in p's memory order), or None for a store that rounds to nearest."""
-    half = (torch.bfloat16, torch.float16)
-    if key is None or (p.dtype not in half and m.dtype not in half):
-        return None, None
-    bits = random_bits(memory_order_index(p.to_local() if is_dtensor(p) else p), key)
-    return uniform16(bits >> 16), uniform16(bits & 0xFFFF)
-
-
-def is_dtensor(t: Tensor) -> bool:
-    """Whether ``t`` is a ``torch.distributed.tensor.DTensor`` (a sharded or replicated parameter)."""
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(t, DTensor)
 
 
 def tensor_direction(kernel: Kernel, c: Tensor) -> Tensor:

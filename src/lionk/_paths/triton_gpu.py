@@ -54,13 +54,14 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from ..kernels import Huber, Kernel, Power, Quadratic, Relativistic, Sign, Tanh
+from ..kernels import Kernel, Power
+from ..precision import has_half_store
+from .elementwise import KERNEL_IDS, kernel_parameter, shares_dense_layout, supports_kernel
 from .foreach import lion_foreach
 from .reference import CAUTIOUS_FLOOR, as_real, lion_reference
 
 BLOCK = 4096  # elements per program
 NUM_WARPS = 8
-_KERNEL_IDS: dict[type[Kernel], int] = {Sign: 0, Power: 1, Quadratic: 2, Huber: 3, Relativistic: 4, Tanh: 5}
 _POW_MODES = {0.0: 0, 0.5: 1, 1.0: 2}  # Power exponent p - 1 -> the case torch.pow takes; others: 3 (libdevice pow)
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _ROW = 5  # int64 entries per tensor in the table: p, g, m addresses, numel, first block
@@ -116,10 +117,6 @@ def unavailable_reason(device: str | torch.device = "cuda") -> str | None:
     return None
 
 
-def supports_kernel(kernel: Kernel) -> bool:
-    return type(kernel) in _KERNEL_IDS
-
-
 def _kernels(interpret: bool) -> ModuleType:
     """The kernels module, executed compiled or under the interpreter (each at most once per process)."""
     with _lock:
@@ -142,13 +139,6 @@ def _storage_type(dtype: torch.dtype):
     import triton.language as tl
 
     return {torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.uint16, torch.float16: tl.float16}[dtype]
-
-
-def _shares_dense_layout(p: Tensor, g: Tensor, m: Tensor) -> bool:
-    """True when the three tensors cover their memory densely with the same strides (elementwise = flat)."""
-    if not p.stride() == g.stride() == m.stride():
-        return False
-    return p.is_contiguous() or p.is_contiguous(memory_format=torch.channels_last) or p.dim() == 0
 
 
 def _table(device: torch.device, ps: list[Tensor], gs: list[Tensor], ms: list[Tensor], block: int) -> tuple[Tensor, Tensor, int]:
@@ -200,7 +190,7 @@ def lion_triton(
     momentum are stepped by the foreach path instead (same formula, torch's ops on the GPU).
     """
     if not supports_kernel(kernel):
-        raise RuntimeError(f"the Triton path supports the elementwise kernels {sorted(k.name for k in _KERNEL_IDS)}, not {kernel.spec!r}")
+        raise RuntimeError(f"the Triton path supports the elementwise kernels {sorted(k.name for k in KERNEL_IDS)}, not {kernel.spec!r}")
     if block_size < 16 or block_size & (block_size - 1):
         raise ValueError(f"Invalid block_size: {block_size!r} (must be a power of 2 >= 16)")
     scalars = dict(
@@ -211,7 +201,7 @@ def lion_triton(
     stochastic: tuple[list, list, list, list] = ([], [], [], [])
     for i, (param, grad, exp_avg) in enumerate(zip(params, grads, exp_avgs)):
         p, g, m = as_real(param), as_real(grad), as_real(exp_avg)
-        if rounding_keys is not None and {p.dtype, m.dtype} & {torch.bfloat16, torch.float16}:
+        if rounding_keys is not None and has_half_store(p, m):
             for lst, item in zip(stochastic, (param, grad, exp_avg, rounding_keys[i])):
                 lst.append(item)
             continue
@@ -225,7 +215,7 @@ def lion_triton(
             if reason is not None:
                 raise RuntimeError(f"the Triton path cannot run here: {reason}")
             devices.add(p.device)
-        if not _shares_dense_layout(p, g, m):
+        if not shares_dense_layout(p, g, m):
             lion_reference([param], [grad], [exp_avg], **scalars)
             continue
         if p.numel():
@@ -237,11 +227,8 @@ def lion_triton(
         lion_foreach(*stochastic[:3], **scalars, rounding_keys=stochastic[3])
     if not groups:
         return
-    kernel_id = _KERNEL_IDS[type(kernel)]
-    pow_mode, kparam = 3, float(getattr(kernel, "a", 0.0))
-    if isinstance(kernel, Power):
-        kparam = kernel.p - 1.0
-        pow_mode = _POW_MODES.get(kparam, 3)
+    kernel_id, kparam = KERNEL_IDS[type(kernel)], kernel_parameter(kernel)
+    pow_mode = _POW_MODES.get(kparam, 3) if isinstance(kernel, Power) else 3
     for (device, p_dtype, g_dtype, m_dtype, aligned), (ps, gs, ms) in groups.items():
         kernels = _kernels(interpret=device.type == "cpu")
         table, block_map, n_blocks = _table(device, ps, gs, ms, block_size)
