@@ -126,7 +126,8 @@ def vote(out: dict, rank: int, world: int, tmp: Path) -> None:
             error = str(err)
         out[f"nonfinite {mode}"] = (error, p.detach().clone(), opt.state[p]["exp_avg"].clone())
 
-    # ranks that step different parameters are caught
+    # ranks that step different parameters are caught on every rank, before anything moves: different sizes; equal
+    # sizes but different parameters (rank 0 has a gradient for A only, rank 1 for B only); a rank with no gradient
     p = torch.nn.Parameter(torch.zeros(3 + rank))
     opt = DistributedLion([p], lr=0.5)
     p.grad = torch.ones_like(p)
@@ -134,6 +135,25 @@ def vote(out: dict, rank: int, world: int, tmp: Path) -> None:
         opt.step()
     except RuntimeError as err:
         out["mismatch"] = str(err)
+    a, b = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))
+    opt = DistributedLion([a, b], lr=0.5)
+    (a if rank == 0 else b).grad = torch.ones(4)
+    try:
+        opt.step()
+        out["disjoint"] = None
+    except RuntimeError as err:
+        out["disjoint"] = (str(err), a.detach().clone(), b.detach().clone())
+    a, b = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))
+    opt = DistributedLion([a, b], lr=0.5)
+    results = []
+    for step in range(3):  # rank 1 has no gradients at step 1: it still joins the flag all-reduce, every rank raises
+        a.grad = b.grad = None if (rank == 1 and step == 1) else torch.ones(4)
+        try:
+            opt.step()
+            results.append(None)
+        except RuntimeError as err:
+            results.append(str(err))
+    out["no gradients"] = (results, a.detach().clone())
 
     # many steps: each rank its own batches; replicas must stay bitwise equal, momenta differ
     # (bf16 weights: stochastic rounding draws the same bits on every rank)

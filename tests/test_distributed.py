@@ -121,7 +121,7 @@ def test_fsdp2_lion_equals_single_process_lion_on_the_global_batch(fsdp_results,
 
 def test_fsdp2_fused_true_raises_instead_of_running_on_dtensors(fsdp_results):
     for out in fsdp_results:
-        assert "not DTensors" in out["fused"]
+        assert "a DTensor (FSDP2 shard) runs the torch paths" in out["fused"]
 
 
 def _close_or_both_none(a, b, rel):
@@ -166,8 +166,8 @@ def test_vote_equals_hand_computation_ties_and_zeros_give_zero(vote_results):
             after_first, after_second, first_bytes, second_bytes, calls = out[mode]
             assert torch.equal(after_first, -0.5 * torch.tensor(agg))  # lr 0.5, no decay
             assert torch.equal(after_second, after_first - 0.5)  # every vote +1
-            # flags (4 x int64) + sign mask, plus the nonzero mask only on the step that had zeros
-            assert first_bytes == 32 + 2 + 2 and second_bytes == 32 + 2 and calls == 4
+            # flags (6 x int64) + sign mask, plus the nonzero mask only on the step that had zeros
+            assert first_bytes == 48 + 2 + 2 and second_bytes == 48 + 2 and calls == 4
 
 
 def test_nonfinite_propagate_raises_everywhere_and_skip_votes_zero(vote_results):
@@ -182,7 +182,16 @@ def test_nonfinite_propagate_raises_everywhere_and_skip_votes_zero(vote_results)
 
 def test_ranks_stepping_different_parameters_raise(vote_results):
     for out in vote_results:
-        assert "different numbers of elements (from 3 to 4)" in out["mismatch"]
+        assert "the ranks step different parameters (from 3 to 4 elements)" in out["mismatch"]
+        error, a, b = out["disjoint"]  # equal sizes, other parameters: caught by the fingerprint of the set
+        assert "the ranks step different parameters" in error and torch.equal(a, torch.zeros(4)) and torch.equal(b, torch.zeros(4))
+
+
+def test_a_rank_without_gradients_takes_part_and_every_rank_raises(vote_results):
+    for out in vote_results:
+        results, a = out["no gradients"]
+        assert results[0] is None and "the ranks step different parameters" in results[1] and results[2] is None
+        assert torch.equal(a, torch.full((4,), -1.0))  # steps 0 and 2 applied on both ranks, step 1 on neither
 
 
 @pytest.mark.parametrize(

@@ -81,7 +81,7 @@ def test_state_bytes_lion_is_one_buffer_adamw_two():
     lion = lionk.Lion(ps, lr=1e-4)
     assert lionk.state_bytes(lion) == 0
     _step(lion, ps)
-    assert lionk.state_bytes(lion) == 4 * n
+    assert lionk.state_bytes(lion) == 4 * n + 4 * len(ps)  # the momenta and the float32 step counters
     qs = [torch.nn.Parameter(torch.zeros(s)) for s in shapes]
     adamw = torch.optim.AdamW(qs, lr=1e-3, foreach=False)
     _step(adamw, qs)
@@ -94,6 +94,6 @@ def test_state_bytes_counts_dtype_and_shared_tensors_once():
     q = torch.nn.Parameter(torch.zeros(10, dtype=torch.bfloat16))
     opt = lionk.Lion([p, q], lr=1e-4)
     _step(opt, [p, q])
-    assert lionk.state_bytes(opt) == 2 * 10 * 2
+    assert lionk.state_bytes(opt) == 2 * 10 * 2 + 2 * 4  # bfloat16 momenta, float32 step counters
     opt.state[q]["exp_avg"] = opt.state[p]["exp_avg"]
-    assert lionk.state_bytes(opt) == 2 * 10
+    assert lionk.state_bytes(opt) == 2 * 10 + 2 * 4

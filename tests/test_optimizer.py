@@ -13,8 +13,7 @@ import torch
 
 import lionk
 from lionk import Lion
-from lionk._paths.foreach import lion_foreach
-from lionk._paths.reference import lion_reference
+from lionk.functional import lion
 from lionk.kernels import get_kernel
 
 ELEMENTWISE = ["sign", "power(p=1.5)", "quadratic", "huber(a=0.5)", "relativistic(a=0.5)", "tanh(a=0.5)"]
@@ -119,7 +118,7 @@ def test_maximize_negates_the_gradient():
 
 
 # ----------------------------------------------------------------------------------------------
-# Paths: foreach and dtypes against the reference
+# Storage precision (every path against the reference: test_conformance.py)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -131,60 +130,41 @@ def _tensors(dtype, shapes, seed=0):
 SHAPES = [(5, 7), (3,), (), (0,), (4, 3, 2), (6, 8)]
 
 
-def _run_path(path, kernel, dtype, shapes, *, steps=4, nonfinite="propagate", maximize=False, lr=1e-2, wd=0.1):
-    params = _tensors(dtype, shapes, seed=0)
-    exp_avgs = [torch.zeros_like(p) for p in params]
-    for step in range(steps):
-        grads = _tensors(dtype, shapes, seed=100 + step)
-        path(params, grads, exp_avgs, lr=lr, beta1=0.9, beta2=0.99, weight_decay=wd, kernel=get_kernel(kernel),
-             maximize=maximize, nonfinite=nonfinite)  # fmt: skip
-    return params, exp_avgs
-
-
-@pytest.mark.parametrize("kernel", ALL_KERNELS)
-@pytest.mark.parametrize("nonfinite", ["propagate", "skip"])
-def test_foreach_bitwise_equals_reference_in_float64(kernel, nonfinite):
-    shapes = [s for s in SHAPES if len(s) >= 2] if "nuclear" in kernel else SHAPES
-    ref = _run_path(lion_reference, kernel, torch.float64, shapes, nonfinite=nonfinite, maximize=True)
-    fe = _run_path(lion_foreach, kernel, torch.float64, shapes, nonfinite=nonfinite, maximize=True)
-    for a, b in zip(ref[0] + ref[1], fe[0] + fe[1]):
-        assert torch.equal(a, b)
-
-
 @pytest.mark.parametrize("kernel", ["sign", "tanh(a=0.5)", "l2"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_low_precision_is_the_float32_step_rounded(kernel, dtype):
-    """One step on low-precision storage equals the float32 step on the same values, rounded once."""
+@pytest.mark.parametrize("fused", [False, None])
+def test_low_precision_is_the_float32_step_rounded(kernel, dtype, fused):
+    """One step on low-precision storage equals the float32 step on the same values, rounded once (to nearest)."""
     params = _tensors(dtype, SHAPES)
     grads = _tensors(dtype, SHAPES, seed=5)
     exp_avgs = _tensors(dtype, SHAPES, seed=6)
     p32, g32, m32 = ([t.float().clone() for t in ts] for ts in (params, grads, exp_avgs))
-    kw = dict(lr=1e-2, beta1=0.9, beta2=0.99, weight_decay=0.1, kernel=get_kernel(kernel), maximize=False, nonfinite="propagate")
-    lion_reference(p32, g32, m32, **kw)
-    lion_reference(params, grads, exp_avgs, **kw)
+    kw = dict(lr=1e-2, beta1=0.9, beta2=0.99, weight_decay=0.1, kernel=kernel, fused=fused, foreach=False)
+    lion(p32, g32, m32, **kw)
+    lion(params, grads, exp_avgs, **kw)
     for low, high in zip(params + exp_avgs, p32 + m32):
         assert low.dtype == dtype
         assert torch.equal(low, high.to(dtype))
-    # the foreach path agrees bitwise on the same storage
-    params2, exp_avgs2 = _tensors(dtype, SHAPES), _tensors(dtype, SHAPES, seed=6)
-    lion_foreach(params2, _tensors(dtype, SHAPES, seed=5), exp_avgs2, **kw)
-    for a, b in zip(params + exp_avgs, params2 + exp_avgs2):
-        assert torch.equal(a, b)
 
 
-def test_foreach_flag_selects_path_with_same_result():
-    torch.manual_seed(3)
-    models = [torch.nn.Linear(6, 3).double() for _ in range(2)]
-    models[1].load_state_dict(models[0].state_dict())
-    opts = [Lion(m.parameters(), lr=0.01, weight_decay=0.2, foreach=f) for m, f in zip(models, (False, True))]
-    for _ in range(5):
-        x = torch.randn(4, 6, dtype=torch.float64)
-        for m, o in zip(models, opts):
-            o.zero_grad()
-            m(x).sum().backward()
-            o.step()
-    for a, b in zip(models[0].parameters(), models[1].parameters()):
-        assert torch.equal(a, b)
+def test_mixed_gradient_dtypes_step_in_opmath_on_every_path():
+    """A float32 parameter may receive a bfloat16 or float64 gradient (p.grad_dtype = None): every path steps in
+    float32 and keeps the momentum float32 (foreach used to keep the gradient's dtype for all but the first tensor)."""
+    results = []
+    for path in (dict(fused=False, foreach=False), dict(fused=False, foreach=True), dict()):
+        params = [torch.nn.Parameter(torch.zeros(1000)) for _ in range(3)]
+        opt = Lion(params, lr=1e-3, **path)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(20):
+            for p, dtype in zip(params, (torch.float32, torch.bfloat16, torch.float64)):
+                p.grad_dtype = None
+                p.grad = torch.randn(1000, generator=g, dtype=torch.float64).to(dtype)
+            opt.step()
+        assert all(opt.state[p]["exp_avg"].dtype == torch.float32 for p in params)
+        results.append([t.detach().clone() for p in params for t in (p, opt.state[p]["exp_avg"])])
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
 
 
 def test_complex_params_are_pairs_of_reals():

@@ -1,4 +1,5 @@
-"""The Triton path against the reference path: under Triton's CPU interpreter here, on the GPU where there is one.
+"""The Triton path against the reference path: under Triton's CPU interpreter here, on the GPU where there is one
+(every kernel and storage against the reference: test_conformance.py; here the layouts, block boundaries, launches).
 
 Tolerances. sign, quadratic and huber use only +, -, *, IEEE division and comparisons, in the reference's
 order and without multiply-add contraction: bitwise equal. power, relativistic and tanh call pow/sqrt,
@@ -21,10 +22,12 @@ pytest.importorskip("triton")
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf under the interpreter
 
 import lionk  # noqa: E402
-from lionk import Lion  # noqa: E402
-from lionk._paths import triton_gpu  # noqa: E402
-from lionk._paths.reference import lion_reference  # noqa: E402
+from lionk import Lion, functional  # noqa: E402
+from lionk._engine import Slot, group_hyper  # noqa: E402
+from lionk._engine import triton as triton_path  # noqa: E402
+from lionk._engine.torch_paths import run_reference  # noqa: E402
 from lionk.kernels import get_kernel  # noqa: E402
+from lionk.precision import FloatStorage  # noqa: E402
 
 EXACT = ["sign", "quadratic", "huber(a=0.5)"]
 TRANSCENDENTAL = ["power(p=1.5)", "power(p=1.3)", "relativistic(a=0.5)", "tanh(a=0.5)"]
@@ -61,6 +64,28 @@ def _tensors(dtype, device):
     ]
 
 
+def lion_reference(
+    params, grads, exp_avgs, *, lr, beta1, beta2, weight_decay, kernel, maximize=False, nonfinite="propagate", cautious=False
+):
+    functional.lion(params, grads, exp_avgs, lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, kernel=kernel,
+                    maximize=maximize, nonfinite=nonfinite, cautious=cautious, fused=False, foreach=False)  # fmt: skip
+
+
+def lion_triton(params, grads, exp_avgs, *, lr, beta1, beta2, weight_decay, kernel, maximize=False, nonfinite="propagate",
+                cautious=False, block_size=BLOCK):  # fmt: skip
+    """The Triton path on the tensors it takes (block_size set), the reference path on the others, as the dispatcher
+    would send them (with its reason)."""
+    group = dict(lr=lr, betas=(beta1, beta2), weight_decay=weight_decay, kernel=kernel, maximize=maximize, nonfinite=nonfinite,
+                 foreach=None, fused=True, cautious=cautious, momentum_dtype=None, stochastic_rounding=False)  # fmt: skip
+    hyper = group_hyper(group)
+    slots = [
+        Slot(p, p, g, {"exp_avg": m}, FloatStorage(m.dtype), f"tensor {i}") for i, (p, g, m) in enumerate(zip(params, grads, exp_avgs))
+    ]
+    taken = [s for s in slots if triton_path.problem(s, hyper) is None]
+    triton_path.run(taken, hyper, block_size=block_size)
+    run_reference([s for s in slots if s not in taken], hyper)
+
+
 def _step_pair(kernel, dtype, *, maximize, wd, nonfinite, cautious=False, steps=2, device="cpu", lr=LR, block_size=BLOCK):
     """Run the reference path and the Triton path from the same state on the same gradients."""
     params = [t.to(device) for t in _tensors(dtype, "cpu")]
@@ -68,7 +93,7 @@ def _step_pair(kernel, dtype, *, maximize, wd, nonfinite, cautious=False, steps=
     avgs = [torch.zeros_like(p) for p in params]
     fast_avgs = [torch.zeros_like(p) for p in params]
     gen = torch.Generator().manual_seed(1)
-    kw = dict(beta1=0.9, beta2=0.99, weight_decay=wd, kernel=get_kernel(kernel), maximize=maximize, nonfinite=nonfinite, cautious=cautious)
+    kw = dict(beta1=0.9, beta2=0.99, weight_decay=wd, kernel=kernel, maximize=maximize, nonfinite=nonfinite, cautious=cautious)
     for step in range(steps):
         grads = [torch.empty_like(p).copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64)) for p in params]
         if step == 1:  # non-finite entries inside a full block, in a partial block and in a small tensor
@@ -76,7 +101,7 @@ def _step_pair(kernel, dtype, *, maximize, wd, nonfinite, cautious=False, steps=
             big[BLOCK + 3], big[BLOCK + 4], big[-1] = float("nan"), float("inf"), -float("inf")
             grads[4][3, 2] = float("nan")
         lion_reference(params, grads, avgs, lr=lr, **kw)
-        triton_gpu.lion_triton(fast, [g.clone() for g in grads], fast_avgs, lr=lr, block_size=block_size, **kw)
+        lion_triton(fast, [g.clone() for g in grads], fast_avgs, lr=lr, block_size=block_size, **kw)
     return params + avgs, fast + fast_avgs
 
 
@@ -143,9 +168,9 @@ def test_momentum_in_another_dtype():
     ms = [torch.randn(p.shape, generator=gen).bfloat16() for p in ps]
     gs = [torch.randn(p.shape, generator=gen) for p in ps]
     ref_p, ref_m = [p.clone() for p in ps], [m.clone() for m in ms]
-    kw = dict(lr=LR, beta1=0.9, beta2=0.99, weight_decay=0.1, kernel=get_kernel("sign"), maximize=False, nonfinite="propagate")
+    kw = dict(lr=LR, beta1=0.9, beta2=0.99, weight_decay=0.1, kernel="sign")
     lion_reference(ref_p, gs, ref_m, **kw)
-    triton_gpu.lion_triton(ps, gs, ms, block_size=BLOCK, **kw)
+    lion_triton(ps, gs, ms, **kw)
     _assert_bitwise(ref_p + ref_m, ps + ms)
 
 
@@ -161,15 +186,14 @@ def test_one_step_applies_exactly_one_update():
         for p, m in zip(ps, ms):
             p.zero_()
             m.zero_()
-        triton_gpu.lion_triton(ps, gs, ms, lr=1.0, beta1=0.0, beta2=0.0, weight_decay=0.0, kernel=get_kernel("sign"), maximize=False,
-                               nonfinite="propagate", cautious=cautious, block_size=BLOCK)  # fmt: skip
+        lion_triton(ps, gs, ms, lr=1.0, beta1=0.0, beta2=0.0, weight_decay=0.0, kernel="sign", cautious=cautious)
         for p, m in zip(ps, ms):
             assert torch.equal(p, -torch.ones_like(p)) and torch.equal(m, torch.ones_like(m))
 
 
 @pytest.mark.usefixtures("interpreter")
 def test_one_launch_per_dtype_group_and_the_table_is_cached(monkeypatch):
-    kernels = triton_gpu._kernels(True)
+    kernels = triton_path._kernels(True)
     launches = []
     original = kernels._step_kernel
 
@@ -180,49 +204,53 @@ def test_one_launch_per_dtype_group_and_the_table_is_cached(monkeypatch):
 
     monkeypatch.setattr(kernels, "_step_kernel", Counting())
     ps = [torch.randn(n) for n in (BLOCK + 1, 3, 2 * BLOCK)] + [torch.randn(5, dtype=torch.float64)]
-    kw = dict(lr=LR, beta1=0.9, beta2=0.99, weight_decay=0.0, kernel=get_kernel("sign"), maximize=False, nonfinite="propagate")
-    before = len(triton_gpu._tables)
+    kw = dict(lr=LR, beta1=0.9, beta2=0.99, weight_decay=0.0, kernel="sign")
+    before = len(triton_path._tables)
     for _ in range(2):
-        triton_gpu.lion_triton(ps, [torch.randn_like(p) for p in ps], [torch.zeros_like(p) for p in ps], block_size=BLOCK, **kw)
+        lion_triton(ps, [torch.randn_like(p) for p in ps], [torch.zeros_like(p) for p in ps], **kw)
     assert sorted(launches) == [(1,), (1,), (5,), (5,)]  # float32: 2 + 1 + 2 blocks in one launch; float64: 1
-    assert len(triton_gpu._tables) <= before + 4  # the params' rows repeat; only the fresh grads/momenta change the keys
+    assert len(triton_path._tables) <= before + 4  # the params' rows repeat; only the fresh grads/momenta change the keys
 
 
 @pytest.mark.usefixtures("interpreter")
-def test_bad_input_is_refused():
-    p = [torch.zeros(3)]
-    kw = dict(lr=LR, beta1=0.9, beta2=0.99, weight_decay=0.0, maximize=False, nonfinite="propagate")
-    with pytest.raises(RuntimeError, match="elementwise kernels"):
-        triton_gpu.lion_triton(p, p, [torch.zeros(3)], kernel=get_kernel("l2"), **kw)
+def test_what_the_kernel_cannot_take_is_refused_with_a_reason():
+    p = torch.nn.Parameter(torch.zeros(4, 4))
+    with pytest.raises(RuntimeError, match="whole tensor"):
+        Lion([p], kernel="l2", fused=True)
     with pytest.raises(ValueError, match="block_size"):
-        triton_gpu.lion_triton(p, p, [torch.zeros(3)], kernel=get_kernel("sign"), block_size=100, **kw)
-    with pytest.raises(RuntimeError, match="float16/bfloat16/float32/float64"):
-        triton_gpu.lion_triton([torch.zeros(3, dtype=torch.int32)], p, [torch.zeros(3)], kernel=get_kernel("sign"), **kw)
+        lion_triton([torch.zeros(3)], [torch.zeros(3)], [torch.zeros(3)], lr=LR, beta1=0.9, beta2=0.99, weight_decay=0.0, kernel="sign",
+                    block_size=100)  # fmt: skip
+    q = torch.nn.Parameter(torch.zeros(3, dtype=torch.bfloat16))
+    q.grad = torch.ones(3, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="stochastic rounding"):
+        Lion([q], fused=True).step()
+    assert "stochastic rounding" in Lion([q]).paths()[0].why
+    with pytest.raises(RuntimeError, match="int8"):
+        r = torch.nn.Parameter(torch.zeros(5000))
+        r.grad = torch.ones(5000)
+        Lion([r], fused=True, momentum_dtype="int8").step()
 
 
 def test_cpu_tensors_need_the_interpreter_and_cuda_tensors_refuse_it(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert "address table" in triton_gpu.unavailable_reason("cuda")
+    assert "address table" in triton_path.unavailable_reason("cuda")
     monkeypatch.delenv("TRITON_INTERPRET")
-    assert "TRITON_INTERPRET=1" in triton_gpu.unavailable_reason("cpu")
-    with pytest.raises(RuntimeError, match="runs on CUDA tensors"):
-        triton_gpu.lion_triton([torch.zeros(3)], [torch.ones(3)], [torch.zeros(3)], lr=LR, beta1=0.9, beta2=0.99, weight_decay=0.0,
-                               kernel=get_kernel("sign"), maximize=False, nonfinite="propagate")  # fmt: skip
+    assert "TRITON_INTERPRET=1" in triton_path.unavailable_reason("cpu")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the reasons given without CUDA")
 def test_without_cuda_fused_true_on_cuda_says_why():
-    assert triton_gpu.unavailable_reason("cuda") == "CUDA is not available"
+    assert triton_path.unavailable_reason("cuda") == "CUDA is not available"
     assert lionk.fused_unavailable_reason("sign", "cuda") == "CUDA is not available"
-    assert "whole tensor" in lionk.fused_unavailable_reason("nuclear", "cuda")
+    assert lionk.fused_unavailable_reason("nuclear", "cuda") == "CUDA is not available"
 
 
 def test_without_triton_the_package_works_and_says_why():
     code = (
         "import sys; sys.modules['triton'] = None\n"
         "import torch, lionk\n"
-        "from lionk._paths import triton_gpu\n"
-        "print('REASON', triton_gpu.unavailable_reason('cuda'))\n"
+        "from lionk._engine import triton\n"
+        "print('REASON', triton.unavailable_reason('cuda'))\n"
         "p = torch.nn.Parameter(torch.ones(3)); p.grad = torch.ones(3)\n"
         "lionk.Lion([p], lr=0.5).step(); assert torch.equal(p.detach(), torch.full((3,), 0.5))\n"
     )
@@ -241,25 +269,26 @@ def _nvidia_backend():
 
 
 @pytest.mark.skipif(_nvidia_backend() is None, reason="needs triton's NVIDIA backend (no GPU needed)")
-@pytest.mark.parametrize("kernel_id, cautious", [(0, False), (3, True)])
-def test_compiles_for_h100_with_vector_loads_ieee_division_and_no_fma(kernel_id, cautious):
+@pytest.mark.parametrize("kernel, cautious", [("sign", False), ("huber(a=0.5)", True)])
+def test_compiles_for_h100_with_vector_loads_ieee_division_and_no_fma(kernel, cautious):
     """Compile the step kernel for sm_90 (ptxas ships with triton; no GPU needed) and read the PTX: full blocks
     use 128-bit loads and stores, float32 divisions are div.rn, and no multiply-add is contracted."""
     import triton
     import triton.language as tl
 
-    kernels = triton_gpu._kernels(False)
-    consts = dict(P_DT=tl.uint16, G_DT=tl.uint16, M_DT=tl.float32, OPMATH=tl.float32, KERNEL=kernel_id, POW_MODE=3, MAXIMIZE=False,
-                  SKIP=True, CAUTIOUS=cautious, BLOCK=triton_gpu.BLOCK, ALIGNED=True)  # fmt: skip
+    kernels = triton_path._kernels(False)
+    direction = triton_path._direction(get_kernel(kernel), False)
+    consts = dict(P_DT=tl.uint16, G_DT=tl.uint16, M_DT=tl.float32, OPMATH=tl.float32, DIRECTION=direction, MAXIMIZE=False,
+                  SKIP=True, CAUTIOUS=cautious, BLOCK=triton_path.BLOCK, ALIGNED=True)  # fmt: skip
     pointers = {"table": "*i64", "block_map": "*i64", "scalars": "*fp64", "lr_ptr": "*fp64", "counts": "*i64"}
     signature = pointers | dict.fromkeys(consts, "constexpr")
     aligned = {(i,): [["tt.divisibility", 16]] for i in range(5)}
     source = triton.compiler.ASTSource(fn=kernels._step_kernel, signature=signature, constexprs=consts, attrs=aligned)
-    options = dict(num_warps=triton_gpu.NUM_WARPS, enable_fp_fusion=False)
+    options = dict(num_warps=triton_path.NUM_WARPS, enable_fp_fusion=False)
     ptx = triton.compile(source, target=_nvidia_backend()("cuda", 90, 32), options=options).asm["ptx"]
     assert "ld.global.v4" in ptx and "st.global.v4" in ptx
     assert "fma" not in ptx and "div.full" not in ptx and "div.approx" not in ptx
-    if kernel_id == 3:
+    if kernel.startswith("huber"):
         assert "div.rn.f32" in ptx
 
 
@@ -302,23 +331,4 @@ def test_cuda_optimizer_fused_true_runs_triton_and_matches_foreach():
             m(x).square().mean().backward()
             o.step()
     for a, b in zip(model.parameters(), twin.parameters()):
-        assert torch.equal(a, b)
-
-
-def test_stochastic_rounding_keys_route_half_tensors_to_foreach(interpreter):
-    """The kernels round to nearest; with stochastic-rounding keys, bf16/fp16 tensors take the foreach path's
-    stochastic stores (bitwise the reference's) while float32 ones stay in the kernel."""
-    from lionk.precision import rounding_key
-
-    gen = torch.Generator().manual_seed(3)
-    dtypes = [torch.bfloat16, torch.float32, torch.float16]
-    params = [torch.randn(2 * BLOCK + 3, generator=gen).to(dt) for dt in dtypes]
-    fast, avgs, fast_avgs = [p.clone() for p in params], [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
-    kw = dict(lr=LR, beta1=0.9, beta2=0.99, weight_decay=0.1, kernel=get_kernel("sign"), maximize=False, nonfinite="propagate")
-    for step in range(2):
-        grads = [torch.randn(p.shape, generator=gen).to(p.dtype) for p in params]
-        keys = [rounding_key(i, step) for i in range(len(params))]
-        lion_reference(params, grads, avgs, rounding_keys=keys, **kw)
-        triton_gpu.lion_triton(fast, grads, fast_avgs, rounding_keys=keys, block_size=BLOCK, **kw)
-    for a, b in zip(params + avgs, fast + fast_avgs):
         assert torch.equal(a, b)

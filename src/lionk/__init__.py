@@ -7,7 +7,7 @@ from .functional import fused_unavailable_reason, lion
 from .hparams import from_adamw
 from .kernels import Huber, Kernel, LInf, LpNorm, Nuclear, Power, Quadratic, Relativistic, Sign, Tanh, get_kernel
 from .memory import state_bytes
-from .optimizer import Lion
+from .optimizer import Lion, PathReport
 from .peers import load_peer_state
 from .schedule_free import LionSF
 
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "load_peer_state",
     "Lion",
+    "PathReport",
     "lion",
     "fused_unavailable_reason",
     "kernels",

@@ -36,8 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ._paths import is_dtensor
-from ._paths.reference import as_real
+from ._tensor import as_real, is_dtensor
 from .kernels import Huber, Kernel, Power, Relativistic, Sign, Tanh, get_kernel
 
 __all__ = ["BOUNDARY_THRESHOLD", "GroupDiagnostics", "TensorDiagnostics", "diagnostics", "format_diagnostics"]

@@ -29,8 +29,9 @@ are rejected with a ValueError, since one bit cannot carry them without a scale.
 exactly gives :math:`s = 0`.
 
 Zeros: one bit cannot say 0, and sign(0) = 0 matters (a weight with no gradient must not move). Each step
-the ranks all-reduce a 4-entry int64 flag vector (32 bytes: any exact zero in :math:`s_i`, any non-finite
-:math:`c_i`, and the element count twice, to catch ranks that disagree on the parameters). Without zeros a
+every rank, one without gradients too, all-reduces a 6-entry int64 flag vector (48 bytes: any exact zero in
+:math:`s_i`, any non-finite :math:`c_i`, and twice each the element count and a fingerprint of which parameters
+step, so that ranks disagreeing on the parameters raise, all of them, before anything is updated). Without zeros a
 rank sends one bit per element (the bit ``s_i > 0``); when some rank has a zero, every rank also sends a
 second bit-packed mask ``s_i != 0`` that step: two bits per element.
 
@@ -53,11 +54,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ._paths import is_dtensor
-from ._paths.reference import as_real, opmath_dtype
+from ._engine import where
+from ._engine.torch_paths import store_slot
+from ._engine.update import decayed, ema, interpolate, lr_and_decay
+from ._tensor import as_real, is_dtensor, opmath_dtype
 from .kernels import Huber, Kernel, Relativistic, Sign, Tanh, get_kernel
-from .optimizer import Lion, _where
-from .precision import stochastic_uniforms, store
+from .optimizer import Lion
 
 __all__ = ["VOTES", "CommCounter", "DistributedLion", "counting_allreduce_hook", "pack_bits", "unpack_bits"]
 
@@ -213,15 +215,15 @@ class DistributedLion(Lion):
         error = None
         if not isinstance(kernel, (Sign, *_STOCHASTIC)):
             error = (
-                f"DistributedLion cannot vote with kernel {kernel.spec!r}{_where(index)}: one bit carries sign (exactly) or a "
+                f"DistributedLion cannot vote with kernel {kernel.spec!r}{where(index)}: one bit carries sign (exactly) or a "
                 "bounded elementwise kernel (huber, relativistic, tanh: stochastic rounding), not an unbounded or tensor-scope one"
             )
         elif group["cautious"]:
-            error = f"DistributedLion does not support cautious=True{_where(index)}"
+            error = f"DistributedLion does not support cautious=True{where(index)}"
         elif group["momentum_dtype"] == "int8":
-            error = f"DistributedLion keeps its momentum in float storage (None, float32 or bfloat16), not int8{_where(index)}"
+            error = f"DistributedLion keeps its momentum in float storage (None, float32 or bfloat16), not int8{where(index)}"
         elif any(is_dtensor(p) for p in group["params"]):
-            error = f"DistributedLion needs replicated plain tensors, not DTensors (FSDP2){_where(index)}; use lionk.Lion with FSDP2"
+            error = f"DistributedLion needs replicated plain tensors, not DTensors (FSDP2){where(index)}; use lionk.Lion with FSDP2"
         if error is not None:
             self.param_groups.pop()
             raise ValueError(error)
@@ -253,57 +255,62 @@ class DistributedLion(Lion):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One step: local momenta, one flag all-reduce, one bit-packed all-gather of the votes, the common update."""
+        """One step: local momenta, one flag all-reduce, one bit-packed all-gather of the votes, the common update.
+
+        Every rank takes part in the flag all-reduce of every step, also a rank without gradients. The flags carry
+        the number of voting elements and a fingerprint of which parameters step on this rank: when the ranks
+        disagree, every rank raises RuntimeError (before anything is updated) instead of pairing other ranks'
+        votes with the wrong parameters.
+        """
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        work = []  # per group: (group, [(real view of the param, of its momentum, opmath gradient, numel)])
+        work = self._prepare()
+        positions = self._positions()
+        items = []  # (hyper, slot, opmath momentum, opmath gradient, skip mask)
         votes = []  # this rank's votes, flattened, in the same order
         nonfinite = False
-        device = None
-        for group in self.param_groups:
+        stepping = []
+        for group, hyper, slots in work:
             group.setdefault("step", 0)
-            params, grads, exp_avgs = self._gather(group)
-            keys = self._rounding_keys(group, params) or [None] * len(params)
-            kernel = get_kernel(group["kernel"])
-            beta1 = group["betas"][0]
-            items = []
-            for param, grad, exp_avg, key in zip(params, grads, exp_avgs, keys):
-                device = param.device
-                p_store, m_store = as_real(param), as_real(exp_avg)
-                opmath = opmath_dtype(p_store.dtype)
-                m = m_store.to(opmath)
-                g = as_real(grad).to(opmath)
-                if group["maximize"]:
+            for s in slots:
+                opmath = opmath_dtype(s.weight.dtype)
+                m = s.storage.read(s.state, opmath)
+                g = as_real(s.grad).to(opmath)
+                if hyper.maximize:
                     g = -g
                 bad = None
-                if group["nonfinite"] == "skip":
+                if hyper.skip:
                     bad = ~torch.isfinite(g)
                     g = torch.where(bad, m, g)
-                c = m * beta1 + g * (1 - beta1)
-                if group["nonfinite"] == "propagate" and not nonfinite:
+                c = interpolate(m, g, hyper.beta1)
+                if not hyper.skip and not nonfinite:
                     nonfinite = not bool(torch.isfinite(c).all())
-                votes.append(self._votes(group, kernel, c, bad))
-                items.append((p_store, m_store, g, votes[-1].numel(), key))
-            work.append((group, items))
-        if device is None:
-            return loss
+                votes.append(self._votes(group, hyper.kernel, c, bad))
+                items.append((hyper, s, m, g, bad))
+                stepping.append(positions[s.param])
+        device = next(iter(positions)).device if positions else torch.device("cpu")
         n = sum(v.numel() for v in votes)
-        local = torch.cat(votes)
+        local = torch.cat(votes) if votes else torch.zeros(0, dtype=torch.int8, device=device)
         has_zero = bool((local == 0).any())
-        flags = torch.tensor([int(has_zero), int(nonfinite), n, -n], dtype=torch.int64, device=device)
+        fingerprint = int.from_bytes(hashlib.blake2b(repr(stepping).encode(), digest_size=7).digest(), "little")
+        flags = torch.tensor([int(has_zero), int(nonfinite), n, -n, fingerprint, -fingerprint], dtype=torch.int64, device=device)
         self._collective("flag all-reduce", lambda: dist.all_reduce(flags, dist.ReduceOp.MAX, group=self.process_group), flags)
-        any_zero, any_nonfinite, n_max, neg_n_min = flags.tolist()
-        if n_max != -neg_n_min:
+        any_zero, any_nonfinite, n_max, neg_n_min, fp_max, neg_fp_min = flags.tolist()
+        if n_max != -neg_n_min or fp_max != -neg_fp_min:
             raise RuntimeError(
-                f"DistributedLion: ranks step different numbers of elements (from {-neg_n_min} to {n_max}); on rank {self.rank}: {n}"
+                f"DistributedLion: the ranks step different parameters (from {-neg_n_min} to {n_max} elements); rank {self.rank} "
+                f"steps {len(stepping)} parameters ({n} elements). Every rank must have gradients for the same parameters; "
+                "nothing was updated"
             )
         if any_nonfinite:
             raise RuntimeError(
                 "DistributedLion: a rank has a non-finite gradient or momentum (nonfinite='propagate'); no parameter was updated. "
                 "Use nonfinite='skip' to let such entries vote 0."
             )
+        if n_max == 0:
+            return loss
         payload = pack_bits(local > 0)
         if any_zero:
             payload = torch.cat([payload, pack_bits(local != 0)])
@@ -316,19 +323,21 @@ class DistributedLion(Lion):
             nonzero = unpack_bits(gathered[:, nbytes:], n).to(torch.int32)
             total = total + (1 - nonzero).sum(dim=0, dtype=torch.int32)  # a zero vote counted -1 above; add it back
         offset = 0
-        for group, items in work:
-            lr, wd, beta2 = group["lr"], group["weight_decay"], group["betas"][1]
-            for p_store, m_store, g, size, key in items:
-                t = total[offset : offset + size].view(p_store.shape).to(g.dtype)
-                offset += size
-                agg = torch.sign(t) if self.vote == "majority" else t / self.world_size
-                p = p_store.to(g.dtype)
-                new_p = p * (1 - lr * wd) - agg * lr
-                new_m = m_store.to(g.dtype) * beta2 + g * (1 - beta2)
-                r_p, r_m = stochastic_uniforms(p_store, m_store, key)  # the same bits on every rank: replicas stay equal
-                store(p_store, new_p, r_p)
-                store(m_store, new_m, r_m)
-            group["step"] += 1
+        for hyper, s, m, g, bad in items:
+            x = as_real(s.weight).to(g.dtype)
+            size = x.numel()
+            t = total[offset : offset + size].view(x.shape).to(g.dtype)
+            offset += size
+            agg = torch.sign(t) if self.vote == "majority" else t / self.world_size
+            new_m = ema(m, g, hyper.beta2)
+            if bad is not None:  # this rank's momentum keeps its skipped entries; the weight takes the common vote
+                new_m = torch.where(bad, m, new_m)
+            # the same rounding bits on every rank: replicas stay equal
+            store_slot(s, decayed(x, agg, *lr_and_decay(hyper.lr, hyper.weight_decay, g.dtype)), new_m)
+        for group, _, slots in work:
+            if slots:
+                group["step"] += 1
+            self._count_steps(slots)
         if self.check_every and self.param_groups[0]["step"] % self.check_every == 0:
             self.check_replicas()
         return loss

@@ -11,14 +11,28 @@ convex function K:
 and with a decaying learning rate it minimises :math:`F(x) = f(x) + \frac{1}{\lambda} K^*(\lambda x)`,
 where :math:`K^*` is the convex conjugate of K. Every kernel here gives
 
-* ``direction(c)``: :math:`\nabla K(c)`, the update direction (a subgradient where K is not smooth;
-  ``sign(0) = 0``),
+* ``formula(c)``: :math:`\nabla K(c)` written once in the language of :mod:`lionk.expr` (operators and tensor
+  methods on ``c``); every execution path runs it: the reference and foreach paths in torch, the fused CPU
+  path in the native library's interpreter, the Triton path as generated code, ``lionk.optax`` in jax,
+* ``direction(c)``: :math:`\nabla K(c)` on a torch tensor (the formula evaluated in torch; a kernel without a
+  formula overrides this instead and runs on the torch paths only; ``sign(0) = 0``),
 * ``value(x)``: :math:`K(x)` as a 0-d tensor,
 * ``conjugate(y)``: :math:`K^*(y) = \sup_x \langle x, y\rangle - K(x)` as a 0-d tensor (``inf``
   outside its domain; the domain boundary is tested with a relative tolerance of sqrt(machine eps)
   so that directions computed in floating point count as inside),
-* ``elementwise``: whether K is a sum over coordinates (the fused paths can run it in one pass) or
-  is taken over the whole tensor (norms, nuclear norm).
+* ``elementwise``: whether K is a sum over coordinates (its formula has no reduction: the fused paths can run
+  it in one pass) or is taken over the whole tensor (norms, nuclear norm).
+
+A new elementwise kernel is one class; for example softsign, :math:`\nabla K(c) = c / (1 + |c|)`::
+
+    @register_kernel
+    class Softsign(Kernel):
+        name = "softsign"
+
+        def formula(self, c):
+            return c / (1 + abs(c))
+
+runs on every path, the fused CPU path included (``Lion(..., kernel="softsign")``).
 
 Kernels are named by a *spec* string, ``"name"`` or ``"name(key=value, ...)"``, which is what an
 optimizer's param group stores (so state dicts stay plain data). :func:`get_kernel` turns a spec or a
@@ -34,6 +48,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+
+from .expr import TINY, Expr, TorchOps, evaluate, is_elementwise, trace
 
 __all__ = [
     "Kernel",
@@ -73,19 +89,42 @@ def _check_real_float(x: Tensor, what: str) -> None:
 class Kernel:
     """Base class of a Lion-K kernel: a convex function K and its gradient.
 
-    Subclasses set ``name`` (the registry name), ``elementwise`` and implement :meth:`direction`,
-    :meth:`value` and :meth:`conjugate`. Their constructor arguments are their parameters, kept as
-    attributes of the same name, so that :attr:`spec` can name the kernel as plain text.
+    Subclasses set ``name`` (the registry name) and define :meth:`formula` (or, for a direction torch alone can
+    compute, override :meth:`direction` and set ``elementwise``), :meth:`value` and :meth:`conjugate`. Their
+    constructor arguments are their parameters, kept as attributes of the same name, so that :attr:`spec` can
+    name the kernel as plain text.
     """
 
     name: ClassVar[str] = ""
-    elementwise: ClassVar[bool] = True
     #: Constructor arguments in order; their current values make up the spec.
     param_names: ClassVar[tuple[str, ...]] = ()
 
+    def formula(self, c: Expr) -> Expr:
+        """grad K(c) in the language of :mod:`lionk.expr`: operators and tensor methods on ``c``."""
+        raise NotImplementedError
+
+    @property
+    def expression(self) -> Expr | None:
+        """The traced :meth:`formula` (None for a kernel that overrides :meth:`direction` instead)."""
+        if "_expression" not in self.__dict__:
+            defined = type(self).formula is not Kernel.formula
+            self.__dict__["_expression"] = trace(self.formula) if defined else None
+        return self.__dict__["_expression"]
+
+    @property
+    def elementwise(self) -> bool:
+        """True when K is a sum over coordinates: the formula has no reduction over the tensor."""
+        return self.expression is not None and is_elementwise(self.expression)
+
     def direction(self, c: Tensor) -> Tensor:
         """grad K(c): the update direction for the interpolated momentum ``c`` (a new tensor)."""
-        raise NotImplementedError
+        expression = self.expression
+        if expression is None:
+            raise NotImplementedError(f"{type(self).__name__} defines neither formula() nor direction()")
+        if c.numel() == 0:
+            return torch.zeros_like(c)
+        u = evaluate(expression, c, _TORCH)
+        return u.clone() if u is c else u
 
     def value(self, x: Tensor) -> Tensor:
         """K(x) as a 0-d tensor."""
@@ -94,10 +133,6 @@ class Kernel:
     def conjugate(self, y: Tensor) -> Tensor:
         """K*(y) = sup_x <x, y> - K(x) as a 0-d tensor, ``inf`` outside the domain of K*."""
         raise NotImplementedError
-
-    def foreach_direction(self, cs: list[Tensor]) -> list[Tensor]:
-        """grad K for a list of tensors; elementwise kernels override this with ``torch._foreach_*`` ops."""
-        return [self.direction(c) for c in cs]
 
     def check_param(self, param: Tensor) -> None:
         """Raise ValueError when this kernel cannot act on ``param`` (called when a group is added)."""
@@ -123,11 +158,29 @@ class Kernel:
     def __hash__(self) -> int:
         return hash((type(self), tuple(self.params.items())))
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_expression"}  # traced again where it is loaded
+
+
+_TORCH = TorchOps()
+
 
 def _positive(name: str, kernel: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
         raise ValueError(f"Invalid {kernel} parameter {name}: {value!r} (must be a finite number > 0)")
     return float(value)
+
+
+def _width(name: str, kernel: str, value: float) -> float:
+    """A kernel width a, divided into c in float32: at least float32's smallest normal number, so that c/a is
+    defined (a width that rounds to 0 in float32 would make 0/0 = NaN of a zero gradient)."""
+    value = _positive(name, kernel, value)
+    if value < _FLOAT32_TINY:
+        raise ValueError(f"Invalid {kernel} parameter {name}: {value!r} (must be >= {_FLOAT32_TINY:.7g}, float32's smallest normal number)")
+    return value
+
+
+_FLOAT32_TINY = torch.finfo(torch.float32).tiny
 
 
 def _in_range(name: str, kernel: str, value: float, lo: float, hi: float) -> float:
@@ -146,11 +199,8 @@ class Sign(Kernel):
 
     name = "sign"
 
-    def direction(self, c: Tensor) -> Tensor:
-        return torch.sign(c)
-
-    def foreach_direction(self, cs: list[Tensor]) -> list[Tensor]:
-        return torch._foreach_sign(cs)
+    def formula(self, c: Expr) -> Expr:
+        return c.sign()
 
     def value(self, x: Tensor) -> Tensor:
         return x.abs().sum()
@@ -172,13 +222,8 @@ class Power(Kernel):
     def __init__(self, p: float = 1.5):
         self.p = _in_range("p", "Power", p, 1.0, 2.0)
 
-    def direction(self, c: Tensor) -> Tensor:
-        return torch.sign(c) * c.abs().pow(self.p - 1.0)
-
-    def foreach_direction(self, cs: list[Tensor]) -> list[Tensor]:
-        mags = torch._foreach_pow(torch._foreach_abs(cs), self.p - 1.0)
-        torch._foreach_mul_(mags, torch._foreach_sign(cs))
-        return mags
+    def formula(self, c: Expr) -> Expr:
+        return c.sign() * c.abs().pow(self.p - 1.0)
 
     def value(self, x: Tensor) -> Tensor:
         return x.abs().pow(self.p).sum() / self.p
@@ -198,11 +243,8 @@ class Quadratic(Kernel):
 
     name = "quadratic"
 
-    def direction(self, c: Tensor) -> Tensor:
-        return c.clone()
-
-    def foreach_direction(self, cs: list[Tensor]) -> list[Tensor]:
-        return [c.clone() for c in cs]
+    def formula(self, c: Expr) -> Expr:
+        return c
 
     def value(self, x: Tensor) -> Tensor:
         return x.square().sum() / 2
@@ -222,16 +264,10 @@ class Huber(Kernel):
     param_names = ("a",)
 
     def __init__(self, a: float = 1.0):
-        self.a = _positive("a", "Huber", a)
+        self.a = _width("a", "Huber", a)
 
-    def direction(self, c: Tensor) -> Tensor:
+    def formula(self, c: Expr) -> Expr:
         return (c / self.a).clamp(-1.0, 1.0)
-
-    def foreach_direction(self, cs: list[Tensor]) -> list[Tensor]:
-        us = torch._foreach_div(cs, self.a)
-        torch._foreach_clamp_min_(us, -1.0)
-        torch._foreach_clamp_max_(us, 1.0)
-        return us
 
     def value(self, x: Tensor) -> Tensor:
         ax = x.abs()
@@ -252,11 +288,10 @@ class Relativistic(Kernel):
     param_names = ("a",)
 
     def __init__(self, a: float = 1.0):
-        self.a = _positive("a", "Relativistic", a)
+        self.a = _width("a", "Relativistic", a)
 
-    def direction(self, c: Tensor) -> Tensor:
-        # hypot does not overflow: a huge |c| still gives +-1, not c/inf = 0.
-        return c / torch.hypot(c, c.new_tensor(self.a))
+    def formula(self, c: Expr) -> Expr:
+        return c / c.hypot(self.a)  # hypot does not overflow: a huge |c| still gives +-1, not c/inf = 0
 
     def value(self, x: Tensor) -> Tensor:
         return torch.hypot(x, x.new_tensor(self.a)).sum()
@@ -277,13 +312,10 @@ class Tanh(Kernel):
     param_names = ("a",)
 
     def __init__(self, a: float = 1.0):
-        self.a = _positive("a", "Tanh", a)
+        self.a = _width("a", "Tanh", a)
 
-    def direction(self, c: Tensor) -> Tensor:
-        return torch.tanh(c / self.a)
-
-    def foreach_direction(self, cs: list[Tensor]) -> list[Tensor]:
-        return torch._foreach_tanh(torch._foreach_div(cs, self.a))
+    def formula(self, c: Expr) -> Expr:
+        return (c / self.a).tanh()
 
     def value(self, x: Tensor) -> Tensor:
         z = (x / self.a).abs()
@@ -301,31 +333,33 @@ class Tanh(Kernel):
 # --------------------------------------------------------------------------------------------
 
 
+def _to_sign_rms(u: Any, c: Any) -> Any:
+    """u * sqrt(count_nonzero(c)) / max(||u||_2, tiny): ``u`` rescaled to the RMS of sign(c) (a formula's
+    :class:`lionk.expr.Expr` or, for kernels computed in torch, a tensor)."""
+    if isinstance(u, Expr):
+        return u * c.count_nonzero().sqrt() / u.square().sum().sqrt().clamp_min(TINY)
+    tiny = torch.finfo(u.dtype).tiny
+    return u * torch.count_nonzero(c).to(u.dtype).sqrt() / torch.linalg.vector_norm(u).clamp_min(tiny)
+
+
 class _TensorKernel(Kernel):
     """A kernel taken over the whole tensor. With ``match_sign_rms=True`` the direction is rescaled to
     the RMS of sign(c), i.e. multiplied by sqrt(count_nonzero(c)) / ||grad K(c)||_2, so that a learning
     rate tuned for Lion transfers. The rescaled update is the gradient of s*K with a per-step s, so the
-    constraint radius of the theory becomes s/wd (for LpNorm(2): sqrt(count_nonzero(c))/wd)."""
-
-    elementwise = False
+    constraint radius of the theory becomes s/wd (for LpNorm(2): sqrt(count_nonzero(c))/wd).
+    Subclasses write :meth:`unit_formula`, the direction before that rescaling."""
 
     def __init__(self, match_sign_rms: bool = False):
         if not isinstance(match_sign_rms, bool):
             raise ValueError(f"Invalid {type(self).__name__} parameter match_sign_rms: {match_sign_rms!r} (must be True or False)")
         self.match_sign_rms = match_sign_rms
 
-    def _unit_direction(self, c: Tensor) -> Tensor:
+    def unit_formula(self, c: Expr) -> Expr:
         raise NotImplementedError
 
-    def direction(self, c: Tensor) -> Tensor:
-        if c.numel() == 0:
-            return torch.zeros_like(c)
-        u = self._unit_direction(c)
-        if self.match_sign_rms:
-            tiny = torch.finfo(u.dtype).tiny
-            scale = torch.count_nonzero(c).to(u.dtype).sqrt() / torch.linalg.vector_norm(u).clamp_min(tiny)
-            u = u * scale
-        return u
+    def formula(self, c: Expr) -> Expr:
+        u = self.unit_formula(c)
+        return _to_sign_rms(u, c) if self.match_sign_rms else u
 
 
 class LpNorm(_TensorKernel):
@@ -343,12 +377,11 @@ class LpNorm(_TensorKernel):
         super().__init__(match_sign_rms)
         self.p = _in_range("p", "LpNorm", p, 1.0, 2.0)
 
-    def _unit_direction(self, c: Tensor) -> Tensor:
-        tiny = torch.finfo(c.dtype).tiny
+    def unit_formula(self, c: Expr) -> Expr:
         a = c.abs()
-        r = a / a.amax().clamp_min(tiny)  # degree-0 homogeneous: scaling c by max|c| avoids over/underflow
+        r = a / a.amax().clamp_min(TINY)  # degree-0 homogeneous: scaling c by max|c| avoids over/underflow
         norm_pm1 = r.pow(self.p).sum().pow((self.p - 1.0) / self.p)
-        return torch.sign(c) * r.pow(self.p - 1.0) / norm_pm1.clamp_min(tiny)
+        return c.sign() * r.pow(self.p - 1.0) / norm_pm1.clamp_min(TINY)
 
     def value(self, x: Tensor) -> Tensor:
         return torch.linalg.vector_norm(x, ord=self.p)
@@ -368,10 +401,8 @@ class LInf(_TensorKernel):
     name = "linf"
     param_names = ("match_sign_rms",)
 
-    def _unit_direction(self, c: Tensor) -> Tensor:
-        flat = c.reshape(-1)
-        i = flat.abs().argmax().reshape(1)
-        return torch.zeros_like(flat).scatter_(0, i, flat.gather(0, i).sign()).reshape(c.shape)
+    def unit_formula(self, c: Expr) -> Expr:
+        return c.sign() * c.abs().argmax_onehot()
 
     def value(self, x: Tensor) -> Tensor:
         return x.abs().amax() if x.numel() else x.new_zeros(())
@@ -403,6 +434,8 @@ class Nuclear(_TensorKernel):
     """
 
     name = "nuclear"
+    elementwise = False
+    formula = Kernel.formula  # computed in torch: direction() below
     param_names = ("method", "steps", "match_sign_rms")
     _default_steps: ClassVar[dict[str, int]] = {"svd": 0, "newton_schulz": 20, "muon": 5}
 
@@ -432,9 +465,18 @@ class Nuclear(_TensorKernel):
             raise ValueError(f"kernel 'nuclear' needs a tensor with at least 2 dims, got shape {tuple(x.shape)}")
         return x.reshape(x.shape[0], -1)
 
+    def direction(self, c: Tensor) -> Tensor:
+        """U V^T of c (computed in torch: the nuclear norm has no formula in :mod:`lionk.expr`)."""
+        if c.numel() == 0:
+            return torch.zeros_like(c)
+        u = self._unit_direction(c)
+        return _to_sign_rms(u, c) if self.match_sign_rms else u
+
     def _unit_direction(self, c: Tensor) -> Tensor:
         mat = self._as_matrix(c)
         if self.method == "svd":
+            if not bool(torch.isfinite(mat).all()):  # no polar factor: NaN, as the iterations give (SVD would raise)
+                return torch.full_like(c, math.nan)
             u, s, vh = torch.linalg.svd(mat, full_matrices=False)
             cutoff = s.amax() * max(mat.shape) * torch.finfo(mat.dtype).eps
             return ((u * (s > cutoff).to(u.dtype)) @ vh).reshape(c.shape)
@@ -464,7 +506,7 @@ class Nuclear(_TensorKernel):
 # --------------------------------------------------------------------------------------------
 
 _REGISTRY: dict[str, type[Kernel]] = {}
-_ALIASES: dict[str, str] = {"l2": "lp(p=2.0)", "lion": "sign"}
+_ALIASES: dict[str, str] = {"l2": "lp(p=2.0)"}
 _RESOLVED: dict[str, Kernel] = {}
 _SPEC_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.S)
 

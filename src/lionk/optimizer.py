@@ -2,26 +2,19 @@ r"""``lionk.Lion``: Lion-K as a ``torch.optim.Optimizer``."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .functional import NONFINITE_MODES, fused_unavailable_reason, lion, lion_int8
-from .kernels import Kernel, get_kernel, kernel_spec
-from .precision import (
-    canonical_momentum_dtype,
-    check_momentum_dtype,
-    convert_momentum,
-    has_half_store,
-    init_momentum,
-    momentum_storage,
-    rounding_key,
-)
+from . import _engine
+from ._engine import Hyper, Slot, check_group, check_param, check_slot, fused_unavailable_reason, group_hyper, where
+from .kernels import Kernel, get_kernel
+from .precision import HALF_TYPES, Int8Storage, check_momentum_dtype, convert_momentum, held_storage, rounding_key, storage_for
 
-__all__ = ["Lion"]
+__all__ = ["Lion", "PathReport"]
 
 _FLAG_DEFAULTS: dict[str, Any] = {
     "kernel": "sign",
@@ -34,46 +27,12 @@ _FLAG_DEFAULTS: dict[str, Any] = {
     "stochastic_rounding": True,
 }
 
-
-def _where(index: int | None) -> str:
-    return "" if index is None else f" in param group {index}"
-
-
-def validate_hyperparameters(group: dict[str, Any], index: int | None = None) -> None:
-    """Raise ValueError naming the first invalid value of a param group (or of the defaults)."""
-    where = _where(index)
-    lr = group["lr"]
-    if isinstance(lr, Tensor):
-        if lr.numel() != 1:
-            raise ValueError(f"Tensor lr must be 1-element{where}, got shape {tuple(lr.shape)}")
-        lr_value = lr.item()
-    else:
-        lr_value = lr
-    if isinstance(lr_value, bool) or not isinstance(lr_value, (int, float)) or not (math.isfinite(lr_value) and lr_value >= 0):
-        raise ValueError(f"Invalid learning rate{where}: {lr_value!r} (must be a finite number >= 0)")
-    betas = group["betas"]
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"Invalid betas{where}: {betas!r} (must be a pair (beta1, beta2))")
-    for i, beta in enumerate(betas):
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
-            raise ValueError(f"Invalid beta parameter at index {i}{where}: {beta!r} (must be in [0, 1))")
-    wd = group["weight_decay"]
-    if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not (math.isfinite(wd) and wd >= 0):
-        raise ValueError(f"Invalid weight_decay{where}: {wd!r} (must be a finite number >= 0)")
-    if group["nonfinite"] not in NONFINITE_MODES:
-        raise ValueError(f"Invalid nonfinite{where}: {group['nonfinite']!r} (must be one of {NONFINITE_MODES})")
-    try:
-        group["momentum_dtype"] = canonical_momentum_dtype(group["momentum_dtype"])
-    except ValueError as err:
-        raise ValueError(f"{err}{where}") from None
-    for flag in ("maximize", "cautious", "stochastic_rounding"):
-        if not isinstance(group[flag], bool):
-            raise ValueError(f"Invalid {flag}{where}: {group[flag]!r} (must be True or False)")
-    for flag in ("foreach", "fused"):
-        if group[flag] not in (None, True, False):
-            raise ValueError(f"Invalid {flag}{where}: {group[flag]!r} (must be None, True or False)")
-    if group["foreach"] and group["fused"]:
-        raise ValueError(f"foreach=True and fused=True cannot be used together{where}")
+#: Param-group keys of other optimizers: a state dict that has them is not a Lion's (see load_state_dict).
+_FOREIGN_GROUP_KEYS = frozenset(
+    "eps amsgrad momentum dampening nesterov lr_decay initial_accumulator_value alpha centered rho capturable differentiable "
+    "weight_decouple fixed_decay decoupled_weight_decay use_triton lambd t0 etas step_sizes max_iter history_size line_search_fn "
+    "decouple rectify".split()
+)
 
 
 class Lion(torch.optim.Optimizer):
@@ -108,11 +67,12 @@ class Lion(torch.optim.Optimizer):
         cautious: Cautious Lion (Liang, Chen, Liu, Liu 2024): keep only the entries of the update that agree
             in sign with the current gradient, rescaled by ``1 / max(agreeing fraction of the tensor, 1e-3)``;
             decay still applies to every entry. Equal to plain Lion-K when every entry agrees.
-        foreach: use the multi-tensor ``torch._foreach_*`` path; ``None`` picks it for CUDA tensors.
-        fused: use the fused path (one pass over memory, many tensors per call, elementwise kernels: C on CPU, Triton on CUDA);
-            ``None`` picks it wherever it can run (on CUDA only once ``lionk.functional.TRITON_BY_DEFAULT``
-            is set), ``True`` raises RuntimeError where it cannot
-            (:func:`lionk.fused_unavailable_reason` says why).
+        foreach: use the multi-tensor ``torch._foreach_*`` path for what does not run fused; ``None`` picks it
+            for CUDA tensors.
+        fused: use the fused path (one pass over memory, many tensors per call, elementwise kernels: the
+            native library on CPU, Triton on CUDA); ``None`` picks it wherever it can run (on CUDA once
+            ``lionk._engine.dispatch.TRITON_BY_DEFAULT`` is set), ``True`` raises RuntimeError, before anything is
+            written, for any tensor that cannot take it. :meth:`paths` shows each tensor's path and why.
         momentum_dtype: storage of the momentum: ``None`` (the parameter's dtype), ``torch.float32``,
             ``torch.bfloat16`` or ``"int8"`` (blockwise codes with one float32 scale per 256 values, for
             tensors of 4096+ elements; see :mod:`lionk.precision`). The arithmetic is float32 (float64 for
@@ -126,9 +86,14 @@ class Lion(torch.optim.Optimizer):
 
     Every argument is per param group. The state per parameter is the momentum ``exp_avg`` (by default
     in the parameter's dtype and layout, so checkpoints of lion-pytorch and timm load and continue
-    unchanged), ``exp_avg_absmax`` for int8 momentum, and the step count ``step`` where stochastic
-    rounding is used. Complex parameters are updated as pairs of reals. Float16/bfloat16 parameters
+    unchanged), ``exp_avg_absmax`` for int8 momentum, and the step count ``step`` (a float32 0-d tensor, as in
+    torch.optim). Complex parameters are updated as pairs of reals. Float16/bfloat16 parameters
     are updated with float32 arithmetic and rounded back to their dtype.
+
+    A step checks every group's settings, every gradient and every state entry against its parameter before
+    it writes anything, so a step that raises leaves every parameter and momentum as it was. An interrupt
+    (KeyboardInterrupt) during a step can leave it half applied (some tensors stepped, others not): reload a
+    checkpoint rather than continue from it.
     """
 
     def __init__(
@@ -160,33 +125,34 @@ class Lion(torch.optim.Optimizer):
             momentum_dtype=momentum_dtype,
             stochastic_rounding=stochastic_rounding,
         )
-        validate_hyperparameters(defaults)
-        defaults["kernel"] = kernel_spec(kernel)
+        check_group(defaults)
         super().__init__(params, defaults)
 
+    #: State entries this optimizer keeps (a loaded state dict with others comes from another optimizer).
+    _state_keys: frozenset[str] = frozenset({"exp_avg", "exp_avg_absmax", "step"})
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a param group, validating its hyperparameters and its kernel against its parameters."""
+        """Add a param group, validating its settings and its kernel and storage against its parameters."""
         self._streams = None  # the parameters' positions change
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         index = len(self.param_groups) - 1
         try:
-            validate_hyperparameters(group, index)
-            try:
-                group["kernel"] = kernel_spec(group["kernel"])
-                kernel = get_kernel(group["kernel"])
-                for p in group["params"]:
+            check_group(group, index)
+            kernel = get_kernel(group["kernel"])
+            for p in group["params"]:
+                check_param(p, f"a parameter{where(index)}")
+                try:
                     kernel.check_param(p)
                     check_momentum_dtype(group["momentum_dtype"], p)
-                if group["fused"]:
-                    devices = {p.device for p in group["params"]} or {torch.device("cpu")}
-                    for device in devices:
-                        reason = fused_unavailable_reason(kernel, device)
-                        if reason is not None:
-                            raise RuntimeError(f"fused=True cannot run here: {reason}{_where(index)}")
-            except ValueError as err:
-                raise ValueError(f"{err}{_where(index)}") from None
-        except (ValueError, RuntimeError):
+                except ValueError as err:
+                    raise ValueError(f"{err}{where(index)}") from None
+            if group["fused"]:  # what can be told without gradients; the rest is checked at each step
+                for device in {p.device for p in group["params"] if p.device.type != "meta"}:
+                    reason = fused_unavailable_reason(kernel, device)
+                    if reason is not None:
+                        raise RuntimeError(f"fused=True cannot run here: {reason}{where(index)}")
+        except (ValueError, TypeError, RuntimeError):
             self.param_groups.pop()
             raise
 
@@ -197,114 +163,154 @@ class Lion(torch.optim.Optimizer):
             for flag, default in _FLAG_DEFAULTS.items():
                 group.setdefault(flag, default)
 
+    # ---- checkpoints -------------------------------------------------------------------------------------------
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state dict, keeping each state tensor's own dtype.
+        """Load a state dict, after checking all of it against this optimizer.
+
+        Refused with a ValueError, before anything changes: a state dict of another optimizer (AdamW's ``exp_avg_sq``,
+        SGD's ``momentum_buffer``, their ``eps`` or ``nesterov``: use :func:`lionk.load_peer_state` for another
+        library's Lion), invalid settings (a beta of 1.5, a negative lr, ``maximize='yes'``), and state that does
+        not fit its parameter (a momentum of another shape, int8 codes without their scales).
 
         torch.optim casts floating state to the parameter's dtype on load, which would turn bfloat16
         momenta of float32 parameters into float32 and round float32 int8 scales to a bfloat16
         parameter's precision. Here every tensor keeps the dtype it was saved with (moved to its
         parameter's device). The storage stays this optimizer's choice: each group keeps its
         ``momentum_dtype``, and a momentum saved in another storage is converted at the next step (a
-        float32 checkpoint loads into an int8 optimizer, and back).
+        float32 checkpoint loads into an int8 optimizer, and back). Checkpoints of lionk 0.1 (no ``step``, or
+        a Python int ``step``) load with a tensor ``step``.
         """
+        self._check_loadable(state_dict)
         saved = {key: dict(value) for key, value in state_dict["state"].items()}
         storages = [group["momentum_dtype"] for group in self.param_groups]
         super().load_state_dict(state_dict)
         for group, storage in zip(self.param_groups, storages):
             group["momentum_dtype"] = storage
-        params = [p for group in self.param_groups for p in group["params"]]
+        params = self._params()
+        positions = {key: i for i, key in enumerate(key for group in state_dict["param_groups"] for key in group["params"])}
         for key, entries in saved.items():
-            if not isinstance(key, int) or not 0 <= key < len(params):
-                continue
-            p = params[key]
+            p = params[positions[key]]
+            state = self.state[p]
             for name, value in entries.items():
                 if isinstance(value, Tensor):
-                    self.state[p][name] = value.to(device=p.device)
+                    state[name] = value.to(device=p.device)
+            if isinstance(state.get("exp_avg"), Tensor) and state["exp_avg"].dtype == torch.int8:
+                state["exp_avg"] = state["exp_avg"].contiguous()  # blocks follow row-major order
+            state["step"] = _step_tensor(state.get("step", 0))
 
-    def _gather(self, group: dict[str, Any]) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-        """The group's parameters that have a gradient, their gradients and stored momenta.
+    def _check_loadable(self, state_dict: Any) -> None:
+        """Raise ValueError naming what in ``state_dict`` does not fit this optimizer (see :meth:`load_state_dict`)."""
+        hint = "use lionk.load_peer_state(optimizer, state_dict, source=...) to take another library's Lion momentum"
+        if (
+            not isinstance(state_dict, Mapping)
+            or not isinstance(state_dict.get("state"), Mapping)
+            or not isinstance(state_dict.get("param_groups"), (list, tuple))
+        ):
+            raise ValueError(
+                "a state dict is a mapping with 'state' (a mapping) and 'param_groups' (a list), as optimizer.state_dict() gives"
+            )
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"the state dict has {len(groups)} param groups, this optimizer {len(self.param_groups)}")
+        for index, (saved, group) in enumerate(zip(groups, self.param_groups)):
+            foreign = sorted(set(saved) & _FOREIGN_GROUP_KEYS - set(group))
+            if foreign or "betas" not in saved:
+                what = f"has {foreign}" if foreign else "has no 'betas'"
+                raise ValueError(f"this state dict is not a Lion's: its param group {index} {what}; {hint}")
+            if len(saved.get("params", ())) != len(group["params"]):
+                raise ValueError(
+                    f"loaded param group {index} has {len(saved.get('params', ()))} parameters, this optimizer's {len(group['params'])}"
+                )
+            merged = {**{k: v for k, v in group.items() if k != "params"}, **{k: v for k, v in saved.items() if k != "params"}}
+            try:
+                check_group(merged)
+            except (ValueError, TypeError) as err:
+                raise type(err)(f"{err} in loaded param group {index}") from None
+        params = self._params()
+        positions = {key: i for i, key in enumerate(key for saved in groups for key in saved["params"])}
+        for key, entry in state_dict["state"].items():
+            if key not in positions:
+                raise ValueError(f"the state dict has state for parameter {key!r}, which none of its param groups lists")
+            label = f"loaded state of parameter {key}"
+            unknown = sorted(set(entry) - self._state_keys)
+            if unknown:
+                raise ValueError(f"this state dict is not a {type(self).__name__}'s: {label} has {unknown}; {hint}")
+            if "exp_avg" not in entry:
+                continue
+            storage = held_storage(entry)
+            if storage is None:
+                raise ValueError(f"{label}: 'exp_avg' is {type(entry['exp_avg']).__name__}, not a tensor")
+            p = params[positions[key]]
+            problem = storage.problem({k: v.to(p.device) if isinstance(v, Tensor) else v for k, v in entry.items()}, p)
+            if problem is not None and not (isinstance(storage, Int8Storage) and "contiguous" in problem):
+                raise ValueError(f"{label}: {problem}")
 
-        The momentum is created lazily as zeros in the group's ``momentum_dtype`` storage, and converted
-        when it is held in another one (a changed group or a loaded checkpoint). For int8 storage the
-        third list holds the codes; :meth:`_lion_step` handles them.
+    # ---- one step --------------------------------------------------------------------------------------------
+
+    def _params(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def _positions(self) -> dict[Tensor, int]:
+        """Each parameter's position in the optimizer (its stochastic-rounding stream; cached until a group is added)."""
+        if self._streams is None:
+            self._streams = {p: i for i, p in enumerate(self._params())}
+        return self._streams
+
+    def _slots(self, group: dict[str, Any], index: int) -> list[Slot]:
+        """The group's parameters that have a gradient, as checked :class:`lionk._engine.Slot` objects.
+
+        A parameter's momentum is created lazily as zeros in the group's ``momentum_dtype`` storage; one held in
+        another storage (a changed group, a loaded checkpoint) is checked in the storage it is held in now and
+        converted by :meth:`_convert` once the whole step has been checked.
         """
-        params, grads, exp_avgs = [], [], []
+        positions = self._positions()
+        slots = []
         for p in group["params"]:
             if p.grad is None:
                 continue
-            if p.grad.is_sparse:
-                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            label = f"parameter {positions[p]} (param group {index}, shape {tuple(p.shape)})"
             state = self.state[p]
-            storage = momentum_storage(group["momentum_dtype"], p)
+            target = storage_for(group["momentum_dtype"], p)
             if "exp_avg" not in state:
-                state.update(init_momentum(p, storage))
-            else:
-                convert_momentum(state, p, storage)
-            params.append(p)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-        return params, grads, exp_avgs
+                state.update(target.init(p))
+            if not isinstance(state.get("step"), Tensor):
+                state["step"] = _step_tensor(state.get("step", 0))
+            held = held_storage(state)
+            if held is None:
+                raise ValueError(f"{label}: state['exp_avg'] is {type(state['exp_avg']).__name__}, not a tensor")
+            slot = Slot(p, self._weight(group, p, state), p.grad, state, held, label, extra={"target": target})
+            check_slot(slot, type(self).__name__)
+            slots.append(slot)
+        return slots
+
+    def _weight(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> Tensor:
+        """The tensor a step writes for parameter ``p`` (the parameter itself; LionSF's averaging steps its z)."""
+        return p
+
+    def _convert(self, group: dict[str, Any], slots: list[Slot]) -> None:
+        """Move each momentum to the storage its group asks for, and give each slot its rounding key."""
+        positions = self._positions()
+        for s in slots:
+            target = s.extra["target"]
+            if target != s.storage:
+                convert_momentum(s.state, s.param, target)
+                s.storage = target
+            if group["stochastic_rounding"] and (s.weight.dtype in HALF_TYPES or s.storage.rounds):
+                s.key = rounding_key(positions[s.param], int(s.state["step"]))
+
+    def _prepare(self) -> list[tuple[dict[str, Any], Hyper, list[Slot]]]:
+        """Every group's settings and slots, all checked; then storages converted and keys drawn."""
+        work = [(group, group_hyper(group, index)) for index, group in enumerate(self.param_groups)]
+        work = [(group, hyper, self._slots(group, index)) for index, (group, hyper) in enumerate(work)]
+        for group, _, slots in work:
+            self._convert(group, slots)
+        return work
 
     @staticmethod
-    def _step_kwargs(group: dict[str, Any]) -> dict[str, Any]:
-        """The arguments of :func:`lionk.functional.lion` that a param group sets, all but ``lr``."""
-        beta1, beta2 = group["betas"]
-        keys = ("weight_decay", "kernel", "maximize", "nonfinite", "foreach", "fused", "cautious")
-        return dict(beta1=beta1, beta2=beta2, **{k: group[k] for k in keys})
-
-    def _rounding_keys(self, group: dict[str, Any], params: list[Tensor]) -> list | None:
-        """Stochastic-rounding keys per tensor (None where nothing rounds), counting ``state["step"]``.
-
-        A parameter's stream is its position in the optimizer (cached until a param group is added).
-        """
-        if not group["stochastic_rounding"]:
-            return None
-        keys: list[int | None] = []
-        for p in params:
-            state = self.state[p]
-            m = state["exp_avg"]
-            if not (has_half_store(p, m) or m.dtype == torch.int8):
-                keys.append(None)
-                continue
-            if self._streams is None:
-                self._streams = {q: i for i, q in enumerate(q for g in self.param_groups for q in g["params"])}
-            step = state.get("step", 0)
-            state["step"] = step + 1
-            keys.append(rounding_key(self._streams[p], step))
-        return keys if any(k is not None for k in keys) else None
-
-    def _lion_step(
-        self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor], lr: float | Tensor, targets: list[Tensor] | None = None
-    ) -> None:
-        """One Lion-K step of ``params``' state applied to ``targets`` (default: the parameters themselves).
-
-        Momenta stored as int8 codes go through :func:`lionk.functional.lion_int8`.
-        """
-        targets = params if targets is None else targets
-        keys = self._rounding_keys(group, params)
-        kwargs = self._step_kwargs(group)
-        quantised = [i for i, p in enumerate(params) if self.state[p]["exp_avg"].dtype == torch.int8]
-        direct = [i for i, p in enumerate(params) if self.state[p]["exp_avg"].dtype != torch.int8]
-        if direct:
-            lion(
-                [targets[i] for i in direct],
-                [grads[i] for i in direct],
-                [self.state[params[i]]["exp_avg"] for i in direct],
-                lr=lr,
-                rounding_keys=None if keys is None else [keys[i] for i in direct],
-                **kwargs,
-            )
-        if quantised:
-            states = [self.state[params[i]] for i in quantised]
-            lion_int8(
-                [targets[i] for i in quantised],
-                [grads[i] for i in quantised],
-                [state["exp_avg"] for state in states],
-                [state["exp_avg_absmax"] for state in states],
-                lr=lr,
-                rounding_keys=None if keys is None else [keys[i] for i in quantised],
-                **kwargs,
-            )
+    def _count_steps(slots: list[Slot]) -> None:
+        if slots:
+            torch._foreach_add_([s.state["step"] for s in slots], 1.0)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -313,7 +319,72 @@ class Lion(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            params, grads, _ = self._gather(group)
-            self._lion_step(group, params, grads, group["lr"])
+        self._run(self._prepare())
         return loss
+
+    def _run(self, work: list[tuple[dict[str, Any], Hyper, list[Slot]]]) -> None:
+        """Plan every group's paths (fused=True raises here, before anything is written), then run them."""
+        plans = [_engine.plan_paths(slots, hyper) for _, hyper, slots in work]
+        for (_, hyper, slots), plan in zip(work, plans):
+            for run_path, chosen in plan:
+                run_path(chosen, hyper)
+            self._count_steps(slots)
+
+    # ---- which path runs --------------------------------------------------------------------------------------
+
+    def paths(self, names: Iterable[tuple[str, Tensor]] | None = None) -> PathReport:
+        """Which path each parameter's step takes and why not a faster one, as a table (``print(opt.paths())``).
+
+        ``names``: e.g. ``model.named_parameters()``, to label the rows. A parameter without a gradient or state
+        yet is shown as its first step would run it (a gradient like the parameter, a fresh momentum).
+        """
+        labels = {id(p): n for n, p in names} if names is not None else {}
+        positions = self._positions()
+        rows = []
+        for index, group in enumerate(self.param_groups):
+            hyper = group_hyper(group, index)
+            for p in group["params"]:
+                state = self.state.get(p, {})
+                storage = storage_for(group["momentum_dtype"], p)
+                if held_storage(state) != storage:  # as the next step will hold it
+                    state = {k: v for k, v in storage.init(p.to("meta")).items()}
+                slot = Slot(p, p, p.grad if p.grad is not None else p, state, storage, "")
+                if group["stochastic_rounding"] and (p.dtype in HALF_TYPES or storage.rounds):
+                    slot.key = 0
+                choice = _engine.choose(slot, hyper)
+                path = choice.path if not choice.detail else f"{choice.path} ({choice.detail})"
+                name = labels.get(id(p), f"p{positions[p]}")
+                rows.append(PathRow(index, name, tuple(p.shape), str(p.dtype).removeprefix("torch."), storage.name, path, choice.why))
+        return PathReport(rows)
+
+
+def _step_tensor(step: Any) -> Tensor:
+    """A parameter's step count as torch.optim keeps it: a float32 0-d CPU tensor."""
+    if isinstance(step, Tensor):
+        return step.detach().to(device="cpu", dtype=torch.float32).reshape(())
+    return torch.tensor(float(step), dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class PathRow:
+    """One parameter of :meth:`Lion.paths`."""
+
+    group: int
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    momentum: str
+    path: str
+    why: str
+
+
+class PathReport(list):
+    """The rows of :meth:`Lion.paths`; ``str()`` is a table."""
+
+    def __str__(self) -> str:
+        header = ("group", "parameter", "shape", "dtype", "momentum", "path", "why not faster")
+        cells = [header] + [
+            (str(r.group), r.name, "x".join(map(str, r.shape)) or "()", r.dtype, r.momentum, r.path, r.why or "-") for r in self
+        ]
+        widths = [max(len(row[i]) for row in cells) for i in range(len(header) - 1)]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in cells)

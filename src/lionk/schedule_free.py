@@ -8,6 +8,7 @@ package) to Lion-K. See :class:`LionSF` for the maths and the ``train()`` / ``ev
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -15,10 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._paths.reference import as_real, opmath_dtype
+from ._engine import check_group, where
+from ._tensor import as_real, opmath_dtype
 from .kernels import Kernel
-from .optimizer import Lion, _where, validate_hyperparameters
-from .precision import read_momentum
+from .optimizer import Lion
 
 __all__ = ["LionSF", "sign_agreement"]
 
@@ -39,18 +40,18 @@ _SF_DEFAULTS: dict[str, Any] = {
 
 def _validate_sf(group: dict[str, Any], index: int | None = None) -> None:
     """Raise ValueError naming the first invalid schedule-free value of a param group (or of the defaults)."""
-    where = _where(index)
+    where_ = where(index)
     if group["mode"] not in MODES:
-        raise ValueError(f"Invalid mode{where}: {group['mode']!r} (must be one of {MODES})")
+        raise ValueError(f"Invalid mode{where_}: {group['mode']!r} (must be one of {MODES})")
     beta = group["sf_beta"]
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta <= 1.0:
-        raise ValueError(f"Invalid sf_beta{where}: {beta!r} (must be in [0, 1])")
+        raise ValueError(f"Invalid sf_beta{where_}: {beta!r} (must be in [0, 1])")
     warmup = group["warmup_steps"]
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"Invalid warmup_steps{where}: {warmup!r} (must be an integer >= 0)")
+        raise ValueError(f"Invalid warmup_steps{where_}: {warmup!r} (must be an integer >= 0)")
     power = group["weight_lr_power"]
     if isinstance(power, bool) or not isinstance(power, (int, float)) or not (math.isfinite(power) and power >= 0):
-        raise ValueError(f"Invalid weight_lr_power{where}: {power!r} (must be a finite number >= 0)")
+        raise ValueError(f"Invalid weight_lr_power{where_}: {power!r} (must be a finite number >= 0)")
 
 
 def sign_agreement(exp_avg: Tensor, grad: Tensor) -> float:
@@ -71,8 +72,9 @@ def sign_agreement(exp_avg: Tensor, grad: Tensor) -> float:
 
 
 def _interpolate(x: Tensor, z: Tensor, sf_beta: float) -> Tensor:
-    """y = sf_beta * x + (1 - sf_beta) * z; step() and train() both use this, so y is reproduced bit for bit."""
-    return torch.lerp(x, z, 1.0 - sf_beta)
+    """y = sf_beta * x + (1 - sf_beta) * z (complex tensors as pairs of reals); step() and train() both use this, so y
+    is reproduced bit for bit."""
+    return torch.lerp(as_real(x), as_real(z), 1.0 - sf_beta)
 
 
 class LionSF(Lion):
@@ -189,7 +191,7 @@ class LionSF(Lion):
             warmup_steps=warmup_steps,
             weight_lr_power=weight_lr_power,
         )
-        validate_hyperparameters(defaults)
+        check_group(defaults)
         _validate_sf(defaults)
         torch.optim.Optimizer.__init__(self, params, defaults)  # Lion.__init__ would rebuild Lion's defaults only
 
@@ -216,7 +218,7 @@ class LionSF(Lion):
                 for p in group["params"]:
                     state = self.state[p]
                     if "z" in state:
-                        p.copy_(_interpolate(state["x"], state["z"], group["sf_beta"]))
+                        as_real(p).copy_(_interpolate(state["x"], state["z"], group["sf_beta"]))
             group["train_mode"] = True
 
     @torch.no_grad()
@@ -230,6 +232,17 @@ class LionSF(Lion):
                         p.copy_(state["x"])
             group["train_mode"] = False
 
+    _state_keys = Lion._state_keys | {"z", "x", "agreement"}
+
+    def _weight(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> Tensor:
+        """Averaging steps z (created from the parameter at its first step, with x); agreement steps the parameter."""
+        if group["mode"] != "averaging":
+            return p
+        if "z" not in state:
+            state["z"] = p.detach().clone(memory_format=torch.preserve_format)
+            state["x"] = p.detach().clone(memory_format=torch.preserve_format)
+        return state["z"]
+
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimisation step (train mode only); ``closure`` re-evaluates the model and returns the loss."""
@@ -242,42 +255,35 @@ class LionSF(Lion):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            averaging = group["mode"] == "averaging"
-            params, grads, _ = self._gather(group)
-            if averaging:
-                for p in params:
-                    state = self.state[p]
-                    if "z" not in state:
-                        state["z"] = p.detach().clone(memory_format=torch.preserve_format)
-                        state["x"] = p.detach().clone(memory_format=torch.preserve_format)
-            if not params:
-                continue
-            if averaging:
-                self._averaging_step(group, params, grads)
+        work, averages = [], []
+        for group, hyper, slots in self._prepare():
+            if group["mode"] == "averaging":
+                if not slots:
+                    continue
+                schedule, ckp1 = self._averaging_schedule(group, hyper.lr_value)
+                hyper = dataclasses.replace(hyper, lr=hyper.lr * schedule)
+                averages.append((group, slots, ckp1))
             else:
-                self._agreement_step(group, params, grads)
+                for s in slots:
+                    rho = sign_agreement(s.storage.read(s.state, opmath_dtype(s.param.dtype)), -s.grad if group["maximize"] else s.grad)
+                    s.state["agreement"] = rho
+                    s.lr_scale = rho
+            work.append((group, hyper, slots))
+        self._run(work)
+        for group, slots, ckp1 in averages:
+            for s in slots:  # x <- (1 - c) x + c z; the parameter holds y = sf_beta x + (1 - sf_beta) z
+                x, z = s.state["x"], s.state["z"]
+                as_real(x).lerp_(as_real(z), ckp1)
+                as_real(s.param).copy_(_interpolate(x, z, group["sf_beta"]))
         return loss
 
-    def _agreement_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
-        for p, g in zip(params, grads):
-            rho = sign_agreement(read_momentum(self.state[p]), -g if group["maximize"] else g)
-            self.state[p]["agreement"] = rho
-            self._lion_step(group, [p], [g], group["lr"] * rho)
-
-    def _averaging_step(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+    @staticmethod
+    def _averaging_schedule(group: dict[str, Any], lr: float) -> tuple[float, float]:
+        """Advance the group's averaging counters; return this step's warmup factor and averaging weight c_{t+1}."""
         t, warmup = group["sf_step"], group["warmup_steps"]
         schedule = min(1.0, (t + 1) / warmup) if warmup > 0 else 1.0
-        lr = group["lr"]
-        lr_value = (lr.item() if isinstance(lr, Tensor) else lr) * schedule
-        group["lr_max"] = max(group["lr_max"], lr_value)
+        group["lr_max"] = max(group["lr_max"], lr * schedule)
         weight = group["lr_max"] ** group["weight_lr_power"]
         group["weight_sum"] += weight
-        ckp1 = weight / group["weight_sum"] if group["weight_sum"] > 0 else 0.0
         group["sf_step"] = t + 1
-        zs = [self.state[p]["z"] for p in params]
-        self._lion_step(group, params, grads, lr * schedule, targets=zs)
-        for p, z in zip(params, zs):
-            x = self.state[p]["x"]
-            x.lerp_(z, ckp1)
-            p.copy_(_interpolate(x, z, group["sf_beta"]))
+        return schedule, weight / group["weight_sum"] if group["weight_sum"] > 0 else 0.0

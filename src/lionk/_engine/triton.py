@@ -1,8 +1,8 @@
 r"""The Triton path: the fused Lion-K step on CUDA, many tensors per launch.
 
-The reference formula (:mod:`lionk._paths.reference`) for the elementwise kernels (sign, power,
-quadratic, huber, relativistic, tanh), in float32 registers for float16/bfloat16/float32 storage and
-float64 for float64, one read and one write of each of p and m and one read of g per element:
+The reference formula (:mod:`lionk._engine.update`) for every elementwise kernel, in float32 registers for
+float16/bfloat16/float32 storage and float64 for float64, one read and one write of each of p and m and one read
+of g per element:
 
 .. math::
     c = \beta_1 m + (1-\beta_1) g, \quad
@@ -11,16 +11,19 @@ float64 for float64, one read and one write of each of p and m and one read of g
 
 with the reference's sign(0) = 0, NaN propagation, ``nonfinite="skip"`` and cautious masking (a
 counting pass, ``count(grad K(c) * g > 0)`` per tensor by atomics, then the step, with no host sync).
+:math:`\nabla K` is the kernel's formula written out as a ``@triton.jit`` function by
+:func:`lionk.expr.triton_source` (kept in memory, registered with ``linecache`` so that Triton can read its
+source) and passed to the kernels as a constexpr: a new kernel needs no change here.
 
 Multi-tensor scheme: tensors are grouped by (device, param/grad/momentum dtypes, 16-byte alignment);
 each group is one launch (two with ``cautious``) over all its blocks of ``BLOCK`` elements, driven by
 a table of addresses, numels and first blocks plus a block -> tensor map (see
 :mod:`lionk._paths._triton_kernels`). The table (5 int64 per tensor) is built on the host and the block
 map expanded from it on the device; both are cached by the tensors' addresses and sizes (their
-contents are a function of them), so after its first step a training loop uploads only the 8
-float64 hyperparameters (wd, betas, kernel parameter, cautious floor, lr) per launch group.
-Tensors whose layout is not dense and shared by param, grad and momentum (e.g. a transposed view)
-are updated by the reference path, as in the fused CPU path.
+contents are a function of them), so after its first step a training loop uploads only the 7
+float64 hyperparameters (wd, betas, cautious floor, lr) per launch group. Tensors this path does not take (a
+layout not shared by param, grad and momentum, stochastic rounding, int8 momentum, per-tensor learning rates)
+are given to another path by :mod:`lionk._engine.dispatch`, with the reason.
 
 No autotuning: the step updates memory in place, and an autotuner that benchmarks configurations on
 the live tensors applies the update several times (lion-pytorch's defect). A memory-bound
@@ -28,11 +31,11 @@ elementwise kernel needs no tuning beyond a block large enough for vector loads 
 flight: ``BLOCK = 4096`` elements and ``NUM_WARPS = 8`` (16 elements per thread) for every dtype.
 
 Float32 division is ``div_rn`` (IEEE), float32 square root ``sqrt_rn``, multiply-add contraction is
-off, and Power's exponents 0, 1/2 and 1 are computed as torch computes them (1, sqrt, |c|). So sign,
-quadratic and huber round exactly as the reference path on CPU, and sign and quadratic as on CUDA
-(torch on CUDA divides by a Python scalar as a multiplication by its reciprocal: huber and tanh may
-differ by an ulp there). pow, hypot and tanh are libdevice's (numpy's under the interpreter), and
-torch's CPU float32 sqrt is not correctly rounded: power, relativistic and tanh agree to a few ulp.
+off, and constant exponents 0, 1/2, 1 and 2 are computed as torch computes them (folded by :mod:`lionk.expr`).
+So formulas of exact operations (sign, quadratic, huber, ...) round exactly as the reference path on CPU, and as
+on CUDA except for divisions by a constant (torch on CUDA divides by a Python scalar as a multiplication by its
+reciprocal: an ulp apart). pow, hypot, tanh, exp and log are libdevice's (numpy's under the interpreter): they
+agree with torch to a few ulp.
 
 ``triton`` is imported only when this path runs. CPU tensors run only under Triton's interpreter
 (``TRITON_INTERPRET=1``, for tests); the dispatcher never picks this path for them. CUDA tensors are
@@ -41,8 +44,10 @@ refused under the interpreter, which would not follow the device addresses in th
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import itertools
+import linecache
 import os
 import sys
 import threading
@@ -50,19 +55,19 @@ from collections import OrderedDict
 from contextlib import nullcontext
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..kernels import Kernel, Power
-from ..precision import has_half_store
-from .elementwise import KERNEL_IDS, kernel_parameter, shares_dense_layout, supports_kernel
-from .foreach import lion_foreach
-from .reference import CAUTIOUS_FLOOR, as_real, lion_reference
+from .._tensor import as_real, share_dense_layout
+from ..expr import triton_source
+from ..kernels import Kernel
+from .update import CAUTIOUS_FLOOR
+from .work import Hyper, Slot
 
 BLOCK = 4096  # elements per program
 NUM_WARPS = 8
-_POW_MODES = {0.0: 0, 0.5: 1, 1.0: 2}  # Power exponent p - 1 -> the case torch.pow takes; others: 3 (libdevice pow)
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _ROW = 5  # int64 entries per tensor in the table: p, g, m addresses, numel, first block
 _CACHE_SIZE = 32  # tables kept (a training loop needs one or two per param group and dtype)
@@ -70,6 +75,7 @@ _INTERPRET_ENV = "TRITON_INTERPRET"
 
 _lock = threading.Lock()
 _modules: dict[bool, ModuleType] = {}
+_directions: dict[tuple[Kernel, bool], Any] = {}
 _import_error: str | None = None
 _tables: OrderedDict[tuple, tuple[Tensor, Tensor, int]] = OrderedDict()
 
@@ -135,6 +141,27 @@ def _kernels(interpret: bool) -> ModuleType:
     return module
 
 
+def _direction(kernel: Kernel, interpret: bool) -> Any:
+    """The kernel's formula as a ``@triton.jit`` function ``direction(c, T)`` (generated once per kernel and mode)."""
+    key = (kernel, interpret)
+    with _lock:
+        found = _directions.get(key)
+    if found is not None:
+        return found
+    import triton
+
+    module = _kernels(interpret)
+    name = "_direction_" + hashlib.sha256(repr(kernel.expression).encode()).hexdigest()[:16]
+    source = triton_source(kernel.expression, name)
+    filename = f"<lionk generated {name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)  # Triton reads the source
+    with _lock, triton.knobs.runtime.scope():
+        triton.knobs.runtime.interpret = interpret
+        exec(compile(source, filename, "exec"), module.__dict__)  # the helpers it calls live there
+        found = _directions[key] = triton.jit(module.__dict__[name])
+    return found
+
+
 def _storage_type(dtype: torch.dtype):
     import triton.language as tl
 
@@ -168,71 +195,52 @@ def _table(device: torch.device, ps: list[Tensor], gs: list[Tensor], ms: list[Te
     return entry
 
 
-def lion_triton(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    weight_decay: float,
-    kernel: Kernel,
-    maximize: bool,
-    nonfinite: str,
-    cautious: bool = False,
-    rounding_keys: list[int] | None = None,
-    block_size: int = BLOCK,
-) -> None:
-    """One Lion-K step in place with the Triton kernels (``block_size``: elements per program, a power of 2).
+def problem(slot: Slot, hyper: Hyper) -> str | None:
+    """Why this tensor cannot take the Triton path (None: it can)."""
+    reason = unavailable_reason(slot.weight.device)
+    if reason is not None:
+        return reason
+    kernel = hyper.kernel
+    if kernel.expression is None:
+        return f"kernel {kernel.spec!r} is computed in torch (it defines direction(), not formula())"
+    if not kernel.elementwise:
+        return f"kernel {kernel.spec!r} is taken over the whole tensor; the fused paths run elementwise kernels"
+    p, g = as_real(slot.weight), as_real(slot.grad)
+    if slot.storage.name == "int8":
+        return "the Triton kernel has no int8 momentum (it runs on foreach)"
+    if slot.key is not None and (p.dtype in (torch.bfloat16, torch.float16) or slot.storage.rounds):
+        return "the Triton kernel rounds to nearest: stochastic rounding of bfloat16/float16 runs on foreach"
+    if slot.lr_scale != 1.0:
+        return "the Triton kernel takes one lr per launch: per-tensor learning rates run on foreach"
+    m = as_real(slot.state["exp_avg"])
+    for t in (p, g, m):
+        if t.dtype not in _DTYPES:
+            return f"the Triton kernel has no {t.dtype} tensors"
+    if not share_dense_layout(p, g, m):
+        return "the weight, gradient and momentum do not share one dense memory layout (e.g. a transposed view)"
+    return None
 
-    The kernels round to nearest: tensors with a stochastic-rounding key and a bfloat16/float16 weight or
-    momentum are stepped by the foreach path instead (same formula, torch's ops on the GPU).
-    """
-    if not supports_kernel(kernel):
-        raise RuntimeError(f"the Triton path supports the elementwise kernels {sorted(k.name for k in KERNEL_IDS)}, not {kernel.spec!r}")
+
+def run(slots: list[Slot], hyper: Hyper, block_size: int = BLOCK) -> None:
+    """One Lion-K step in place with the Triton kernels (every slot passed :func:`problem`; ``block_size``: elements
+    per program, a power of 2)."""
     if block_size < 16 or block_size & (block_size - 1):
         raise ValueError(f"Invalid block_size: {block_size!r} (must be a power of 2 >= 16)")
-    scalars = dict(
-        lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, kernel=kernel, maximize=maximize, nonfinite=nonfinite, cautious=cautious
-    )
     groups: dict[tuple, tuple[list[Tensor], list[Tensor], list[Tensor]]] = {}
-    devices: set[torch.device] = set()
-    stochastic: tuple[list, list, list, list] = ([], [], [], [])
-    for i, (param, grad, exp_avg) in enumerate(zip(params, grads, exp_avgs)):
-        p, g, m = as_real(param), as_real(grad), as_real(exp_avg)
-        if rounding_keys is not None and has_half_store(p, m):
-            for lst, item in zip(stochastic, (param, grad, exp_avg, rounding_keys[i])):
-                lst.append(item)
-            continue
-        for t in (p, g, m):
-            if t.dtype not in _DTYPES:
-                raise RuntimeError(f"the Triton path needs float16/bfloat16/float32/float64 tensors, got {t.dtype}")
-        if not p.device == g.device == m.device:
-            raise RuntimeError(f"param, grad and momentum must be on one device, got {p.device}, {g.device}, {m.device}")
-        if p.device not in devices:
-            reason = unavailable_reason(p.device)
-            if reason is not None:
-                raise RuntimeError(f"the Triton path cannot run here: {reason}")
-            devices.add(p.device)
-        if not shares_dense_layout(p, g, m):
-            lion_reference([param], [grad], [exp_avg], **scalars)
-            continue
+    for s in slots:
+        p, g, m = as_real(s.weight), as_real(s.grad), as_real(s.state["exp_avg"])
         if p.numel():
             aligned = all(t.data_ptr() % 16 == 0 for t in (p, g, m))
             bucket = groups.setdefault((p.device, p.dtype, g.dtype, m.dtype, aligned), ([], [], []))
             for lst, t in zip(bucket, (p, g, m)):
                 lst.append(t)
-    if stochastic[0]:
-        lion_foreach(*stochastic[:3], **scalars, rounding_keys=stochastic[3])
-    if not groups:
-        return
-    kernel_id, kparam = KERNEL_IDS[type(kernel)], kernel_parameter(kernel)
-    pow_mode = _POW_MODES.get(kparam, 3) if isinstance(kernel, Power) else 3
+    lr = hyper.lr
     for (device, p_dtype, g_dtype, m_dtype, aligned), (ps, gs, ms) in groups.items():
-        kernels = _kernels(interpret=device.type == "cpu")
+        interpret = device.type == "cpu"
+        kernels = _kernels(interpret)
+        direction = _direction(hyper.kernel, interpret)
         table, block_map, n_blocks = _table(device, ps, gs, ms, block_size)
-        host_scalars = [weight_decay, beta1, 1 - beta1, beta2, 1 - beta2, kparam, CAUTIOUS_FLOOR]
+        host_scalars = [hyper.weight_decay, hyper.beta1, 1 - hyper.beta1, hyper.beta2, 1 - hyper.beta2, CAUTIOUS_FLOOR]
         if isinstance(lr, Tensor):
             host = torch.tensor(host_scalars, dtype=torch.float64).to(device, non_blocking=True)
             lr_dev = lr.detach().to(device=device, dtype=torch.float64, non_blocking=True).reshape(1)
@@ -242,16 +250,15 @@ def lion_triton(
         types = dict(P_DT=_storage_type(p_dtype), G_DT=_storage_type(g_dtype), M_DT=_storage_type(m_dtype))
         flags = dict(
             OPMATH=_storage_type(torch.float64 if p_dtype == torch.float64 else torch.float32),
-            KERNEL=kernel_id,
-            POW_MODE=pow_mode,
-            MAXIMIZE=bool(maximize),
-            SKIP=nonfinite == "skip",
+            DIRECTION=direction,
+            MAXIMIZE=hyper.maximize,
+            SKIP=hyper.skip,
             BLOCK=block_size,
             ALIGNED=aligned,
         )
         launch = dict(num_warps=NUM_WARPS, enable_fp_fusion=False)
-        counts = torch.zeros(len(ps), dtype=torch.int64, device=device) if cautious else table  # unused without cautious
+        counts = torch.zeros(len(ps), dtype=torch.int64, device=device) if hyper.cautious else table  # unused without cautious
         with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
-            if cautious:
+            if hyper.cautious:
                 kernels._agree_kernel[(n_blocks,)](table, block_map, host, counts, **types, **flags, **launch)
-            kernels._step_kernel[(n_blocks,)](table, block_map, host, lr_dev, counts, **types, **flags, CAUTIOUS=cautious, **launch)
+            kernels._step_kernel[(n_blocks,)](table, block_map, host, lr_dev, counts, **types, **flags, CAUTIOUS=hyper.cautious, **launch)

@@ -1,0 +1,229 @@
+"""The fused CPU path: one pass over memory per step, many tensors per call, in the native library ``lionk._native``.
+
+The library (``native.c``, ``native_pipeline.h``) is compiled when lionk is installed (``pip install``; setup.py)
+for the baseline of the machine's architecture and, on x86-64, for AVX2 and AVX-512 too; it picks the best
+copy the CPU supports when loaded. It is found like any module of the package and loaded with ctypes; nothing
+is compiled or loaded from elsewhere at run time. Without it (no C compiler at install time) the plain paths run
+and :func:`unavailable_reason` says why.
+
+Everything the driver needs from the library is read from it at load time: the layout of the per-tensor rows
+(``lk_layout``), the names of its operations (``lk_op_name``: a kernel's formula is compiled to a register
+program over them, :func:`lionk.expr.compile_program`) and of its storage types (``lk_dtype_name``). A library
+whose ABI version or symbols do not match is refused, with the reason.
+
+A step is one call per thread over all the tensors of a param group: worker w of W takes the chunks
+[N*w/W, N*(w+1)/W) of the N chunks (1024 elements each, aligned to the int8 blocks) of all its tensors; ctypes
+releases the GIL during each call. Cautious steps make a counting pass first. Each tensor carries its own
+dtypes, lr, decay and rounding key, so one call serves mixed storages.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from torch import Tensor
+
+from .._tensor import as_real, is_dtensor, opmath_dtype, share_dense_layout
+from ..expr import Program, compile_program
+from ..kernels import Kernel
+from .update import CAUTIOUS_FLOOR
+from .work import Hyper, Slot
+
+ABI_VERSION = 1
+_MIN_ELEMENTS_PER_THREAD = 1 << 15  # below twice this many elements in a step, one thread does all the work
+
+_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+class _Library:
+    """The loaded library and what it says about itself."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        self.lib = lib
+        lib.lk_abi_version.restype = ctypes.c_int32
+        version = lib.lk_abi_version()
+        if version != ABI_VERSION:
+            raise OSError(f"the native library has ABI version {version}, this lionk needs {ABI_VERSION}: reinstall lionk")
+        layout = (ctypes.c_int64 * 20)()
+        lib.lk_layout(layout)
+        (self.row, self.drow, self.P, self.G, self.M, self.ABSMAX, self.NUMEL, self.DTYPES, self.KEY, self.FLAGS,
+         self.LR, self.DECAY, self.DENOM, self.block, self.max_registers, n_ops,
+         self.MAXIMIZE, self.SKIP, self.CAUTIOUS, self.COUNT) = list(layout)  # fmt: skip
+        for name in ("lk_op_name", "lk_dtype_name", "lk_isa_name"):
+            getattr(lib, name).restype = ctypes.c_char_p
+            getattr(lib, name).argtypes = [ctypes.c_int32]
+        lib.lk_isa.restype = ctypes.c_char_p
+        lib.lk_select_isa.restype = ctypes.c_int32
+        lib.lk_select_isa.argtypes = [ctypes.c_char_p]
+        self.ops = {lib.lk_op_name(i).decode(): i for i in range(n_ops)}
+        self.dtypes = {}
+        for i in range(64):
+            name = lib.lk_dtype_name(i)
+            if name is None:
+                break
+            self.dtypes[name.decode()] = i
+        self.isas = []
+        for i in range(16):
+            name = lib.lk_isa_name(i)
+            if name is not None:
+                self.isas.append(name.decode())
+        p, i64, f64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int32
+        lib.lk_step.restype = None
+        lib.lk_step.argtypes = [i64, p, p, p, f64, f64, f64, f64, i32, p, i32, p, i32, i64, i64]
+        self.step = lib.lk_step
+        self.programs: dict[tuple[Kernel, torch.dtype], Program | str] = {}
+
+    @property
+    def isa(self) -> str:
+        return self.lib.lk_isa().decode()
+
+    def program(self, kernel: Kernel, opmath: torch.dtype) -> Program | str:
+        """The kernel's formula compiled for the interpreter, or why it cannot run here (cached)."""
+        key = (kernel, opmath)
+        found = self.programs.get(key)
+        if found is None:
+            if kernel.expression is None:
+                found = f"kernel {kernel.spec!r} is computed in torch (it defines direction(), not formula())"
+            else:
+                try:
+                    found = compile_program(kernel.expression, self.ops, self.max_registers, torch.finfo(opmath).tiny)
+                except ValueError as err:
+                    found = f"kernel {kernel.spec!r}: {err}"
+            self.programs[key] = found
+        return found
+
+
+_library: _Library | None = None
+_unavailable: str | None = None
+
+
+def library() -> _Library | None:
+    """The native library, loaded on first use; None (see :func:`unavailable_reason`) when it cannot be."""
+    global _library, _unavailable
+    if _library is None and _unavailable is None:
+        with _lock:
+            if _library is None and _unavailable is None:
+                spec = importlib.util.find_spec("lionk._native")
+                if spec is None or spec.origin is None:
+                    _unavailable = (
+                        "lionk was installed without its native library (no C compiler when it was built?); "
+                        "reinstall with a C compiler, e.g. pip install --force-reinstall --no-deps lionk"
+                    )
+                else:
+                    try:
+                        _library = _Library(ctypes.CDLL(spec.origin))
+                    except (OSError, AttributeError) as err:
+                        _unavailable = f"the native library {spec.origin} cannot be used: {err}"
+    return _library
+
+
+def unavailable_reason() -> str | None:
+    """None when the fused CPU path can run here, else a one-line explanation."""
+    library()
+    return _unavailable
+
+
+def select_isa(name: str) -> bool:
+    """Make the library use instruction set ``name`` ("generic", "avx2", "avx512"); False where it is unsupported.
+    For tests and benchmarks: the library picks the best one itself."""
+    lib = library()
+    return lib is not None and bool(lib.lib.lk_select_isa(name.encode()))
+
+
+def problem(slot: Slot, hyper: Hyper) -> str | None:
+    """Why this tensor cannot take the fused CPU path (None: it can)."""
+    lib = library()
+    if lib is None:
+        return _unavailable
+    w = slot.weight
+    if w.device.type != "cpu":
+        return f"the fused CPU path runs CPU tensors, this one is on {w.device}"
+    if is_dtensor(w):
+        return "a DTensor (FSDP2 shard) runs the torch paths, which see the whole tensor where they must"
+    program = lib.program(hyper.kernel, opmath_dtype(w.dtype))
+    if isinstance(program, str):
+        return program
+    p, g, m = as_real(w), as_real(slot.grad), slot.state["exp_avg"]
+    for what, name in (("weight", str(p.dtype)), ("gradient", str(g.dtype)), ("momentum", slot.storage.name)):
+        if name.removeprefix("torch.") not in lib.dtypes or (name.removeprefix("torch.") == "int8" and what != "momentum"):
+            return f"the fused CPU path has no {name.removeprefix('torch.')} {what}"
+    if slot.storage.name == "int8":
+        if not (p.is_contiguous() and g.is_contiguous()):
+            return "int8 momentum blocks follow row-major order: the weight and gradient must be contiguous"
+    elif not share_dense_layout(p, g, as_real(m)):
+        return "the weight, gradient and momentum do not share one dense memory layout (e.g. a transposed view)"
+    return None
+
+
+def _workers(threads: int) -> ThreadPoolExecutor | None:
+    global _pool
+    if threads <= 1:
+        return None
+    if _pool is None or _pool._max_workers != threads - 1:  # resized after torch.set_num_threads
+        _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="lionk")
+    return _pool
+
+
+def run(slots: list[Slot], hyper: Hyper) -> None:
+    """One step of ``slots`` (all passed :func:`problem`) in the native library."""
+    lib = library()
+    slots = [s for s in slots if s.weight.numel()]
+    if not slots:
+        return
+    lr = hyper.lr_value
+    total = sum(s.weight.numel() for s in slots)
+    threads = 1 if total < 2 * _MIN_ELEMENTS_PER_THREAD else max(1, torch.get_num_threads())
+    for opmath in {opmath_dtype(s.weight.dtype) for s in slots}:  # a float64 weight runs double arithmetic
+        group = [s for s in slots if opmath_dtype(s.weight.dtype) == opmath]
+        rows, drows = _rows(lib, group, lr, hyper.weight_decay)
+        _run_job(lib, lib.program(hyper.kernel, opmath), rows, drows, hyper, threads)
+
+
+def _rows(lib: _Library, slots: list[Slot], lr: float, weight_decay: float) -> tuple[Tensor, Tensor]:
+    """The library's per-tensor rows: addresses, numel, storage codes, rounding key (int64); lr, decay, denominator."""
+    ints = [0] * (len(slots) * lib.row)
+    floats = [1.0] * (len(slots) * lib.drow)
+    for i, s in enumerate(slots):
+        p, g = as_real(s.weight), as_real(s.grad)
+        row, drow = i * lib.row, i * lib.drow
+        ints[row + lib.P], ints[row + lib.G], ints[row + lib.M] = p.data_ptr(), g.data_ptr(), s.state["exp_avg"].data_ptr()
+        if s.storage.name == "int8":
+            ints[row + lib.ABSMAX] = s.state["exp_avg_absmax"].data_ptr()
+        ints[row + lib.NUMEL] = p.numel()
+        codes = lib.dtypes[str(p.dtype)[6:]], lib.dtypes[str(g.dtype)[6:]], lib.dtypes[s.storage.name]
+        ints[row + lib.DTYPES] = codes[0] | codes[1] << 8 | codes[2] << 16
+        if s.key is not None:
+            ints[row + lib.KEY], ints[row + lib.FLAGS] = s.key, 1
+        slot_lr = lr * s.lr_scale
+        floats[drow + lib.LR], floats[drow + lib.DECAY] = slot_lr, 1 - slot_lr * weight_decay
+    rows = torch.tensor(ints, dtype=torch.int64).view(len(slots), lib.row)
+    return rows, torch.tensor(floats, dtype=torch.float64).view(len(slots), lib.drow)
+
+
+def _run_job(lib: _Library, program: Program, rows: Tensor, drows: Tensor, hyper: Hyper, threads: int) -> None:
+    n = rows.shape[0]
+    prog = torch.tensor([v for ins in program.instructions for v in ins] or [0], dtype=torch.int32)
+    consts = torch.tensor(program.constants or (0.0,), dtype=torch.float64)
+    flags = (lib.MAXIMIZE if hyper.maximize else 0) | (lib.SKIP if hyper.skip else 0) | (lib.CAUTIOUS if hyper.cautious else 0)
+    b1, b2 = hyper.beta1, hyper.beta2
+    pool = _workers(threads)
+
+    def call(flags: int, counts: Tensor | None) -> None:
+        args = (n, rows.data_ptr(), drows.data_ptr(), None if counts is None else counts.data_ptr(), b1, 1 - b1, b2, 1 - b2, flags,
+                prog.data_ptr(), len(program.instructions), consts.data_ptr(), program.result)  # fmt: skip
+        futures = [pool.submit(lib.step, *args, w, threads) for w in range(1, threads)] if pool else []
+        lib.step(*args, 0, threads)
+        for f in futures:
+            f.result()
+
+    if hyper.cautious:  # first pass: count the entries where the direction agrees with the gradient
+        counts = torch.zeros(threads, n, dtype=torch.int64)
+        call(flags | lib.COUNT, counts)
+        numels = rows[:, lib.NUMEL].to(torch.float64)
+        drows[:, lib.DENOM] = (counts.sum(0).to(torch.float64) / numels).clamp_min(CAUTIOUS_FLOOR)
+    call(flags, None)
