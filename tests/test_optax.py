@@ -188,3 +188,44 @@ def test_mu_dtype_stores_momentum_in_that_dtype():
     _, state = _optax_trajectory(lion_k(0.05, mu_dtype=jnp.bfloat16), 3)
     mu = state[0].mu
     assert mu["w"].dtype == jnp.bfloat16 and mu["b"].dtype == jnp.bfloat16
+
+
+@requires_jax
+def test_hyperparameters_may_be_jax_arrays_and_inject_hyperparams_works():
+    """optax.inject_hyperparams passes jnp arrays (traced under jit): they are taken as they are, like optax.lion's."""
+    steps, lr, wd = 10, 0.05, 0.3
+    torch_traj = _torch_trajectory("sign", [lr] * steps, wd)
+    injected = optax.inject_hyperparams(lion_k)(learning_rate=lr, weight_decay=wd)
+    jax_traj, state = _optax_trajectory(injected, steps)
+    _assert_same(torch_traj, jax_traj)
+    assert float(state.hyperparams["learning_rate"]) == lr
+    arrays, _ = _optax_trajectory(lion_k(jnp.asarray(lr), b1=jnp.asarray(0.9), weight_decay=jnp.asarray(wd)), steps)
+    _assert_same(torch_traj, arrays)
+    with pytest.raises(ValueError, match="Invalid weight_decay"):
+        lion_k(lr, weight_decay=jnp.asarray(-1.0))  # a concrete array is still range-checked
+
+
+@requires_jax
+@pytest.mark.parametrize("kernel", ["sign", "l2"])
+def test_complex_leaves_are_pairs_of_reals_as_in_lionk_lion(kernel):
+    rng = np.random.default_rng(1)
+    z0 = rng.standard_normal((3, 4)) + 1j * rng.standard_normal((3, 4))
+    grads = [rng.standard_normal((3, 4)) + 1j * rng.standard_normal((3, 4)) for _ in range(5)]
+    p = torch.nn.Parameter(torch.tensor(z0))
+    opt = lionk.Lion([p], lr=0.1, weight_decay=0.2, kernel=kernel)
+    tx = lion_k(0.1, weight_decay=0.2, kernel=kernel)
+    params = {"z": jnp.asarray(z0)}
+    state = tx.init(params)
+    for g in grads:
+        p.grad = torch.tensor(g)
+        opt.step()
+        updates, state = tx.update({"z": jnp.asarray(g)}, state, params)
+        params = optax.apply_updates(params, updates)
+    np.testing.assert_allclose(np.asarray(params["z"]), p.detach().numpy(), rtol=0, atol=1e-12)
+
+
+@requires_jax
+def test_a_users_kernel_runs_in_jax_from_its_formula():
+    """Softsign (tests/conftest.py) has no jax code of its own: its formula runs with jax.numpy."""
+    c = np.linspace(-3, 3, 13)
+    np.testing.assert_array_equal(np.asarray(jax_direction("softsign")(jnp.asarray(c))), c / (1 + np.abs(c)))

@@ -242,8 +242,11 @@ class Lion(torch.optim.Optimizer):
             if storage is None:
                 raise ValueError(f"{label}: 'exp_avg' is {type(entry['exp_avg']).__name__}, not a tensor")
             p = params[positions[key]]
-            problem = storage.problem({k: v.to(p.device) if isinstance(v, Tensor) else v for k, v in entry.items()}, p)
-            if problem is not None and not (isinstance(storage, Int8Storage) and "contiguous" in problem):
+            loaded = {k: v.to(p.device) if isinstance(v, Tensor) else v for k, v in entry.items()}
+            if isinstance(storage, Int8Storage):
+                loaded["exp_avg"] = loaded["exp_avg"].contiguous()  # as load_state_dict will store it
+            problem = storage.problem(loaded, p)
+            if problem is not None:
                 raise ValueError(f"{label}: {problem}")
 
     # ---- one step --------------------------------------------------------------------------------------------
