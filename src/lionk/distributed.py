@@ -3,7 +3,7 @@ r"""Lion across processes: ``DistributedLion`` (1-bit sign votes, Liu et al. 202
 Plain data parallelism needs nothing from lionk: under DDP the gradients arrive averaged and :class:`lionk.Lion`
 runs unchanged; under FSDP2 (``torch.distributed.fsdp.fully_shard``) the parameters are DTensors, the elementwise
 kernels act on each rank's shard and the tensor-scope kernels, the cautious fraction and :func:`lionk.diagnostics`
-see the whole tensor (see :mod:`lionk._paths.reference`).
+see the whole tensor (see :mod:`lionk._engine.torch_paths`).
 
 :class:`DistributedLion` replaces the gradient all-reduce. Each of the :math:`W` ranks computes its gradient
 :math:`g_i` on its own batch, keeps its own momentum :math:`m_i` and forms

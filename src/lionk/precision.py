@@ -8,7 +8,7 @@ NaN are kept. The uniform number :math:`r = k / 2^{16}` of each element comes fr
 (tensor, step, element index in the parameter's memory order), see :func:`random_bits`: the weight uses
 its high 16 bits and the momentum (or the int8 codes) its low 16 bits, so one hash serves both. A run is
 bitwise reproducible, a resumed run continues with the same bits, and every execution path (reference,
-foreach, fused C) draws the same numbers. The C path implements the same formulas (``lion_cpu.c``).
+foreach, fused) draws the same numbers. The native library implements the same formulas (``_engine/native.c``).
 
 **int8 momentum**: the momentum, flattened in memory order, is cut into blocks of :data:`INT8_BLOCK`
 values; each block stores one float32 scale :math:`A = \max|m|` and signed codes

@@ -107,7 +107,7 @@ def _contenders(device: torch.device, dtype: torch.dtype) -> tuple[list[Contende
         Contender("torch AdamW foreach", "adamw", lambda ps: torch.optim.AdamW(ps, lr=ADAMW_LR, foreach=True)),
         Contender("torch AdamW for-loop", "adamw", lambda ps: torch.optim.AdamW(ps, lr=ADAMW_LR, foreach=False)),
     ]
-    if cuda:  # opt-in until lionk.functional.TRITON_BY_DEFAULT is set; fails with its reason where triton cannot run
+    if cuda:  # opt-in until lionk._engine.dispatch.TRITON_BY_DEFAULT is set; fails with its reason where triton cannot run
         contenders.insert(1, Contender(TRITON_NAME, "lion", lambda ps: lionk.Lion(ps, lr=LION_LR, weight_decay=0.1, fused=True)))
     peers = {
         "lion-pytorch": ("lion_pytorch", lambda m: lambda ps: m.Lion(ps, lr=LION_LR, weight_decay=0.1)),
