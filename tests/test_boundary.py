@@ -270,3 +270,66 @@ def test_cuda_default_path_is_foreach_for_parameters():
     """torch.optim's rule is foreach for CUDA tensors; nn.Parameter counts (the per-tensor loop used to run)."""
     p = torch.nn.Parameter(torch.zeros(10, device="cuda"))
     assert Lion([p]).paths()[0].path == "foreach"
+
+
+# ---- a group's plan is kept between steps only while it still fits --------------------------------------------
+
+
+def _twin_runs(mutate, steps=4):
+    """The same training run with a kept plan and with a plan rebuilt at every step (the reference for it)."""
+    results = []
+    for fresh in (False, True):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(40, 30)), torch.nn.Parameter(torch.randn(30))]
+        opt = Lion(params, lr=0.1, weight_decay=0.1)
+        g = torch.Generator().manual_seed(1)
+        for step in range(steps):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            mutate(step, params, opt)
+            if fresh:
+                opt._plans.clear()
+            opt.step()
+        results.append([p.detach().clone() for p in params] + [opt.state[p]["exp_avg"].clone() for p in params])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    return opt
+
+
+def test_a_kept_plan_follows_a_parameter_moved_by_p_data():
+    """p.data = ... gives a parameter new memory behind the same object: the kept plan must write there."""
+
+    def move(step, params, opt):
+        if step == 2:
+            params[0].data = params[0].data.clone()
+
+    _twin_runs(move)
+
+
+def test_a_kept_plan_is_remade_when_a_gradient_changes_layout_or_dtype():
+    def relayout(step, params, opt):
+        if step == 1:
+            params[0].grad = params[0].grad.t().contiguous().t()  # same values, transposed strides: another path
+        if step == 2:
+            params[1].grad_dtype = None
+            params[1].grad = params[1].grad.to(torch.bfloat16)
+
+    opt = _twin_runs(relayout)
+    assert all(row.path.startswith("fused") for row in opt.paths())  # back on the fused path once the layout is plain
+
+
+def test_a_kept_plan_is_remade_when_gradients_come_and_go_or_the_state_is_replaced():
+    def vary(step, params, opt):
+        if step == 1:
+            params[1].grad = None
+        if step == 2:
+            opt.state[params[0]]["exp_avg"] = opt.state[params[0]]["exp_avg"].clone()
+
+    _twin_runs(vary)
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = Lion([p], lr=0.1)
+    p.grad = torch.ones(4)
+    opt.step()
+    opt.state[p]["exp_avg"] = torch.zeros(5)  # replaced after the plan was made: checked again, refused
+    with pytest.raises(ValueError, match=r"has shape \(5,\)"):
+        opt.step()

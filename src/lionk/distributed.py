@@ -272,7 +272,7 @@ class DistributedLion(Lion):
         votes = []  # this rank's votes, flattened, in the same order
         nonfinite = False
         stepping = []
-        for group, hyper, slots in work:
+        for group, hyper, slots, _ in work:
             group.setdefault("step", 0)
             for s in slots:
                 opmath = opmath_dtype(s.weight.dtype)
@@ -334,7 +334,7 @@ class DistributedLion(Lion):
                 new_m = torch.where(bad, m, new_m)
             # the same rounding bits on every rank: replicas stay equal
             store_slot(s, decayed(x, agg, *lr_and_decay(hyper.lr, hyper.weight_decay, g.dtype)), new_m)
-        for group, _, slots in work:
+        for group, _, slots, _ in work:
             if slots:
                 group["step"] += 1
             self._count_steps(slots)

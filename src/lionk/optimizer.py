@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -134,6 +134,7 @@ class Lion(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group, validating its settings and its kernel and storage against its parameters."""
         self._streams = None  # the parameters' positions change
+        self._plans: dict[int, _GroupPlan] = {}
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         index = len(self.param_groups) - 1
@@ -159,6 +160,7 @@ class Lion(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._streams = None
+        self._plans = {}
         for group in self.param_groups:
             for flag, default in _FLAG_DEFAULTS.items():
                 group.setdefault(flag, default)
@@ -182,6 +184,7 @@ class Lion(torch.optim.Optimizer):
         a Python int ``step``) load with a tensor ``step``.
         """
         self._check_loadable(state_dict)
+        self._plans = {}
         saved = {key: dict(value) for key, value in state_dict["state"].items()}
         storages = [group["momentum_dtype"] for group in self.param_groups]
         super().load_state_dict(state_dict)
@@ -291,24 +294,79 @@ class Lion(torch.optim.Optimizer):
         """The tensor a step writes for parameter ``p`` (the parameter itself; LionSF's averaging steps its z)."""
         return p
 
-    def _convert(self, group: dict[str, Any], slots: list[Slot]) -> None:
-        """Move each momentum to the storage its group asks for, and give each slot its rounding key."""
-        positions = self._positions()
+    @staticmethod
+    def _convert(slots: list[Slot]) -> None:
+        """Move each momentum to the storage its group asks for (a changed group, a loaded checkpoint)."""
         for s in slots:
             target = s.extra["target"]
             if target != s.storage:
                 convert_momentum(s.state, s.param, target)
                 s.storage = target
-            if group["stochastic_rounding"] and (s.weight.dtype in HALF_TYPES or s.storage.rounds):
-                s.key = rounding_key(positions[s.param], int(s.state["step"]))
 
-    def _prepare(self) -> list[tuple[dict[str, Any], Hyper, list[Slot]]]:
-        """Every group's settings and slots, all checked; then storages converted and keys drawn."""
-        work = [(group, group_hyper(group, index)) for index, group in enumerate(self.param_groups)]
-        work = [(group, hyper, self._slots(group, index)) for index, (group, hyper) in enumerate(work)]
-        for group, _, slots in work:
-            self._convert(group, slots)
+    def _draw_keys(self, slots: list[Slot]) -> None:
+        """This step's stochastic-rounding key of each slot: its stream (position) and its step."""
+        positions = self._positions()
+        for s in slots:
+            s.key = rounding_key(positions[s.param], int(s.state["step"]))
+
+    #: Group settings that decide a group's plan (its paths and checks); the lr does not: it is read at every run.
+    _plan_settings: tuple[str, ...] = ("betas", "weight_decay", *_FLAG_DEFAULTS)
+
+    def _prepare(self) -> list[Work]:
+        """Every group's settings and slots, all checked, and each group's plan (fused=True raises here, before
+        anything is written); then the rounding keys of this step.
+
+        A group's plan is kept while its parameters with gradients, their gradients' and parameters' dtypes, shapes,
+        strides and devices, their state tensors and the group's settings stay the same, so that a training loop pays
+        the checks and the path choice once; anything else rebuilds it (and checks everything again).
+        """
+        context = _engine.dispatch.plan_context()
+        work = []
+        for index, group in enumerate(self.param_groups):
+            hyper = group_hyper(group, index)
+            key = (tuple(group.get(k) for k in self._plan_settings), context)
+            cached = self._plans.get(index)
+            if cached is None or cached.key != key or not self._still_fits(group, cached):
+                slots = self._slots(group, index)
+                cached = self._plans[index] = _GroupPlan(key, slots, [self._fingerprint(s) for s in slots], None, [])
+            work.append(Work(group, hyper, cached.slots, cached))
+        for item in work:  # every group is checked before any momentum is converted or any plan made
+            if item.cache.plan is None:
+                self._convert(item.slots)
+                rounds = item.group["stochastic_rounding"]
+                item.cache.rounding = [s for s in item.slots if rounds and (s.weight.dtype in HALF_TYPES or s.storage.rounds)]
+                self._draw_keys(item.cache.rounding)  # the paths see which tensors round
+                item.cache.fingerprints = [self._fingerprint(s) for s in item.slots]
+                item.cache.plan = _engine.dispatch.plan(item.slots, item.hyper)
+        for item in work:
+            self._draw_keys(item.cache.rounding)
         return work
+
+    def _still_fits(self, group: dict[str, Any], cached: _GroupPlan) -> bool:
+        """Whether the cached slots are still this group's tensors as they were checked (refreshing their gradients)."""
+        slots, fingerprints = cached.slots, cached.fingerprints
+        i = 0
+        for p in group["params"]:
+            g = p.grad
+            if g is None:
+                continue
+            if i >= len(slots) or slots[i].param is not p:
+                return False
+            slots[i].grad = g
+            if self._fingerprint(slots[i]) != fingerprints[i]:
+                return False
+            i += 1
+        return i == len(slots)
+
+    @staticmethod
+    def _fingerprint(s: Slot) -> tuple:
+        """What a slot's checks and path depend on: the gradient's and the parameter's dtype, shape (torch keeps a
+        gradient's shape the parameter's), strides and device, and which tensors hold its state."""
+        g, p, state = s.grad, s.param, s.state
+        if g.layout != torch.strided:
+            return (g.layout,)
+        return (g.dtype, g.shape, g.stride(), g.device, p.dtype, p.stride(), p.device, id(state.get("exp_avg")),
+                id(state.get("exp_avg_absmax")), id(s.weight))  # fmt: skip
 
     @staticmethod
     def _count_steps(slots: list[Slot]) -> None:
@@ -325,13 +383,11 @@ class Lion(torch.optim.Optimizer):
         self._run(self._prepare())
         return loss
 
-    def _run(self, work: list[tuple[dict[str, Any], Hyper, list[Slot]]]) -> None:
-        """Plan every group's paths (fused=True raises here, before anything is written), then run them."""
-        plans = [_engine.plan_paths(slots, hyper) for _, hyper, slots in work]
-        for (_, hyper, slots), plan in zip(work, plans):
-            for run_path, chosen in plan:
-                run_path(chosen, hyper)
-            self._count_steps(slots)
+    def _run(self, work: list[Work]) -> None:
+        """Run every group's plan with its settings of this step, then count the step."""
+        for item in work:
+            item.cache.plan.run(item.hyper)
+            self._count_steps(item.slots)
 
     # ---- which path runs --------------------------------------------------------------------------------------
 
@@ -359,6 +415,26 @@ class Lion(torch.optim.Optimizer):
                 name = labels.get(id(p), f"p{positions[p]}")
                 rows.append(PathRow(index, name, tuple(p.shape), str(p.dtype).removeprefix("torch."), storage.name, path, choice.why))
         return PathReport(rows)
+
+
+@dataclass(eq=False)
+class _GroupPlan:
+    """A group's checked slots and prepared paths, kept while ``key`` and the slots' fingerprints hold."""
+
+    key: tuple
+    slots: list[Slot]
+    fingerprints: list[tuple]
+    plan: _engine.dispatch.Plan | None
+    rounding: list[Slot]  # the slots that round stochastically (their keys are drawn at every step)
+
+
+class Work(NamedTuple):
+    """One group's part of a step: its settings, its slots and its plan (``cache``)."""
+
+    group: dict[str, Any]
+    hyper: Hyper
+    slots: list[Slot]
+    cache: _GroupPlan
 
 
 def _step_tensor(step: Any) -> Tensor:

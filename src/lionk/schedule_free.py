@@ -233,6 +233,7 @@ class LionSF(Lion):
             group["train_mode"] = False
 
     _state_keys = Lion._state_keys | {"z", "x", "agreement"}
+    _plan_settings = (*Lion._plan_settings, "mode")
 
     def _weight(self, group: dict[str, Any], p: Tensor, state: dict[str, Any]) -> Tensor:
         """Averaging steps z (created from the parameter at its first step, with x); agreement steps the parameter."""
@@ -256,19 +257,20 @@ class LionSF(Lion):
             with torch.enable_grad():
                 loss = closure()
         work, averages = [], []
-        for group, hyper, slots in self._prepare():
+        for item in self._prepare():
+            group, hyper, slots = item.group, item.hyper, item.slots
             if group["mode"] == "averaging":
                 if not slots:
                     continue
                 schedule, ckp1 = self._averaging_schedule(group, hyper.lr_value)
-                hyper = dataclasses.replace(hyper, lr=hyper.lr * schedule)
+                item = item._replace(hyper=dataclasses.replace(hyper, lr=hyper.lr * schedule))
                 averages.append((group, slots, ckp1))
             else:
                 for s in slots:
                     rho = sign_agreement(s.storage.read(s.state, opmath_dtype(s.param.dtype)), -s.grad if group["maximize"] else s.grad)
                     s.state["agreement"] = rho
                     s.lr_scale = rho
-            work.append((group, hyper, slots))
+            work.append(item)
         self._run(work)
         for group, slots, ckp1 in averages:
             for s in slots:  # x <- (1 - c) x + c z; the parameter holds y = sf_beta x + (1 - sf_beta) z

@@ -12,7 +12,7 @@ A step's way (``Lion.step`` -> memory):
    through the storage protocol of :mod:`lionk.precision`.
 """
 
-from .dispatch import TRITON_BY_DEFAULT, Choice, choose, fused_unavailable_reason, plan_paths, run
+from .dispatch import TRITON_BY_DEFAULT, Choice, Plan, choose, fused_unavailable_reason, plan, run
 from .work import NONFINITE_MODES, Hyper, Slot, check_group, check_lr, check_param, check_slot, group_hyper, where
 
 __all__ = [
@@ -28,7 +28,8 @@ __all__ = [
     "choose",
     "fused_unavailable_reason",
     "group_hyper",
-    "plan_paths",
+    "Plan",
+    "plan",
     "run",
     "where",
 ]

@@ -101,18 +101,22 @@ def fused_unavailable_reason(kernel: str | Kernel = "sign", device: str | torch.
     return fused_problem(slot, Hyper(0.0, 0.9, 0.99, 0.0, k, False, False, False, None, True))[1]
 
 
-def run(slots: list[Slot], hyper: Hyper) -> None:
-    """Step ``slots`` (checked by :func:`lionk._engine.work.check_slot`) with the group's ``hyper``, each on its path.
+class Plan:
+    """One group's step, prepared: each path with the tensors it takes (:func:`plan`). ``run(hyper)`` steps them all;
+    a plan is kept and run again while the group's tensors and settings stay as they were (the learning rate may
+    change: it is read at every run)."""
 
-    With ``fused=True`` every tensor must take the fused path: RuntimeError otherwise, before anything is written.
-    """
-    plan = plan_paths(slots, hyper)
-    for path, chosen in plan:
-        path(chosen, hyper)
+    def __init__(self, runs: list[Callable[[Hyper], None]], paths: list[str]):
+        self.runs, self.paths = runs, paths
+
+    def run(self, hyper: Hyper) -> None:
+        for run_path in self.runs:
+            run_path(hyper)
 
 
-def plan_paths(slots: list[Slot], hyper: Hyper) -> list[tuple[Callable[[list[Slot], Hyper], None], list[Slot]]]:
-    """The runner of each path with the slots it takes (RuntimeError for fused=True and a tensor that cannot)."""
+def plan(slots: list[Slot], hyper: Hyper) -> Plan:
+    """Choose every tensor's path and prepare each path for its tensors; RuntimeError, before anything is written,
+    when ``fused=True`` and a tensor cannot take the fused path."""
     buckets: dict[str, list[Slot]] = {}
     for s in slots:
         choice = choose(s, hyper)
@@ -120,5 +124,22 @@ def plan_paths(slots: list[Slot], hyper: Hyper) -> list[tuple[Callable[[list[Slo
             raise RuntimeError(f"fused=True cannot run {s.label}: {choice.why.removeprefix('not fused: ').split('; not foreach')[0]}")
         key = choice.detail.split()[0] if choice.path == FUSED else choice.path
         buckets.setdefault(key, []).append(s)
-    runners = {"native": native.run, "triton": triton.run, FOREACH: run_foreach, REFERENCE: run_reference}
-    return [(runners[key], chosen) for key, chosen in buckets.items()]
+    runs = [native.Job(chosen).run if key == "native" else _bind(_RUNNERS[key], chosen) for key, chosen in buckets.items()]
+    return Plan(runs, list(buckets))
+
+
+_RUNNERS = {"triton": triton.run, FOREACH: run_foreach, REFERENCE: run_reference}
+
+
+def _bind(path: Callable[[list[Slot], Hyper], None], slots: list[Slot]) -> Callable[[Hyper], None]:
+    return lambda hyper: path(slots, hyper)
+
+
+def plan_context() -> tuple:
+    """What, besides a group's tensors and settings, decides its plan: a plan made under another context is remade."""
+    return (triton.interpreter_requested(), TRITON_BY_DEFAULT, torch.compiler.is_compiling())
+
+
+def run(slots: list[Slot], hyper: Hyper) -> None:
+    """Step ``slots`` (checked by :func:`lionk._engine.work.check_slot`) with the group's ``hyper``, each on its path."""
+    plan(slots, hyper).run(hyper)

@@ -169,40 +169,67 @@ def _workers(threads: int) -> ThreadPoolExecutor | None:
     return _pool
 
 
+class Job:
+    """The native step of a fixed list of tensors, prepared once and run at every step.
+
+    The per-tensor rows are built when the job is made; each run refreshes what may change between steps: the
+    addresses (gradients are new tensors after ``zero_grad()``; ``p.data = ...`` moves a parameter), the rounding
+    keys and the learning rates.
+    """
+
+    def __init__(self, slots: list[Slot]):
+        self.lib = library()
+        self.groups = []  # (opmath, slots, rows, drows, rounding): a float64 weight runs double arithmetic (its TINY differs)
+        slots = [s for s in slots if s.weight.numel()]
+        self.total = sum(s.weight.numel() for s in slots)
+        for opmath in {opmath_dtype(s.weight.dtype) for s in slots}:
+            group = [s for s in slots if opmath_dtype(s.weight.dtype) == opmath]
+            rows, drows = _static_rows(self.lib, group)
+            self.groups.append((opmath, group, rows, drows, [i for i, s in enumerate(group) if s.key is not None]))
+
+    def run(self, hyper: Hyper) -> None:
+        lib = self.lib
+        threads = 1 if self.total < 2 * _MIN_ELEMENTS_PER_THREAD else max(1, torch.get_num_threads())
+        lr = hyper.lr_value
+        for opmath, slots, rows, drows, rounding in self.groups:
+            # a complex tensor's address is its real view's; the int8 scales' address is 0 for float momenta
+            rows[:, lib.P] = torch.tensor([s.weight.data_ptr() for s in slots], dtype=torch.int64)
+            rows[:, lib.G] = torch.tensor([s.grad.data_ptr() for s in slots], dtype=torch.int64)
+            rows[:, lib.M] = torch.tensor([s.state["exp_avg"].data_ptr() for s in slots], dtype=torch.int64)
+            rows[:, lib.ABSMAX] = torch.tensor([_absmax_address(s) for s in slots], dtype=torch.int64)
+            if rounding:  # which tensors round is the plan's; their keys change every step
+                rows[rounding, lib.KEY] = torch.tensor([slots[i].key for i in rounding], dtype=torch.int64)
+            scales = [s.lr_scale for s in slots]
+            if any(scale != 1.0 for scale in scales):
+                rates = torch.tensor(scales, dtype=torch.float64) * lr
+                drows[:, lib.LR] = rates
+                drows[:, lib.DECAY] = 1 - rates * hyper.weight_decay
+            else:
+                drows[:, lib.LR] = lr
+                drows[:, lib.DECAY] = 1 - lr * hyper.weight_decay
+            _run_job(lib, lib.program(hyper.kernel, opmath), rows, drows, hyper, threads)
+
+
+def _absmax_address(s: Slot) -> int:
+    return s.state["exp_avg_absmax"].data_ptr() if s.storage.name == "int8" else 0
+
+
+def _static_rows(lib: _Library, slots: list[Slot]) -> tuple[Tensor, Tensor]:
+    """The rows' parts that a job keeps: numel and storage codes (addresses, keys and rates are filled at each run)."""
+    rows = torch.zeros(len(slots), lib.row, dtype=torch.int64)
+    codes = [
+        (lib.dtypes[str(as_real(s.weight).dtype)[6:]], lib.dtypes[str(as_real(s.grad).dtype)[6:]], lib.dtypes[s.storage.name])
+        for s in slots
+    ]
+    rows[:, lib.NUMEL] = torch.tensor([s.weight.numel() * (2 if s.weight.is_complex() else 1) for s in slots], dtype=torch.int64)
+    rows[:, lib.DTYPES] = torch.tensor([p | g << 8 | m << 16 for p, g, m in codes], dtype=torch.int64)
+    rows[:, lib.FLAGS] = torch.tensor([s.key is not None for s in slots], dtype=torch.int64)  # stochastic rounding
+    return rows, torch.ones(len(slots), lib.drow, dtype=torch.float64)
+
+
 def run(slots: list[Slot], hyper: Hyper) -> None:
     """One step of ``slots`` (all passed :func:`problem`) in the native library."""
-    lib = library()
-    slots = [s for s in slots if s.weight.numel()]
-    if not slots:
-        return
-    lr = hyper.lr_value
-    total = sum(s.weight.numel() for s in slots)
-    threads = 1 if total < 2 * _MIN_ELEMENTS_PER_THREAD else max(1, torch.get_num_threads())
-    for opmath in {opmath_dtype(s.weight.dtype) for s in slots}:  # a float64 weight runs double arithmetic
-        group = [s for s in slots if opmath_dtype(s.weight.dtype) == opmath]
-        rows, drows = _rows(lib, group, lr, hyper.weight_decay)
-        _run_job(lib, lib.program(hyper.kernel, opmath), rows, drows, hyper, threads)
-
-
-def _rows(lib: _Library, slots: list[Slot], lr: float, weight_decay: float) -> tuple[Tensor, Tensor]:
-    """The library's per-tensor rows: addresses, numel, storage codes, rounding key (int64); lr, decay, denominator."""
-    ints = [0] * (len(slots) * lib.row)
-    floats = [1.0] * (len(slots) * lib.drow)
-    for i, s in enumerate(slots):
-        p, g = as_real(s.weight), as_real(s.grad)
-        row, drow = i * lib.row, i * lib.drow
-        ints[row + lib.P], ints[row + lib.G], ints[row + lib.M] = p.data_ptr(), g.data_ptr(), s.state["exp_avg"].data_ptr()
-        if s.storage.name == "int8":
-            ints[row + lib.ABSMAX] = s.state["exp_avg_absmax"].data_ptr()
-        ints[row + lib.NUMEL] = p.numel()
-        codes = lib.dtypes[str(p.dtype)[6:]], lib.dtypes[str(g.dtype)[6:]], lib.dtypes[s.storage.name]
-        ints[row + lib.DTYPES] = codes[0] | codes[1] << 8 | codes[2] << 16
-        if s.key is not None:
-            ints[row + lib.KEY], ints[row + lib.FLAGS] = s.key, 1
-        slot_lr = lr * s.lr_scale
-        floats[drow + lib.LR], floats[drow + lib.DECAY] = slot_lr, 1 - slot_lr * weight_decay
-    rows = torch.tensor(ints, dtype=torch.int64).view(len(slots), lib.row)
-    return rows, torch.tensor(floats, dtype=torch.float64).view(len(slots), lib.drow)
+    Job(slots).run(hyper)
 
 
 def _run_job(lib: _Library, program: Program, rows: Tensor, drows: Tensor, hyper: Hyper, threads: int) -> None:
