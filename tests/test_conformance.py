@@ -109,8 +109,9 @@ def _params(dtype, seed=0):
 
 
 def _groups(params, kernel, storage, options_ok=True, cautious_ok=True):
-    """Group 0: decay; group 1: maximize, skip mode, cautious (where the optimizer takes them) and another decay.
-    Nuclear needs matrices: its groups hold the 2-d tensors and the others run sign."""
+    """Group 0: independent decay; group 1: maximize, skip mode, cautious and cautious decay (where the optimizer takes
+    them; decoupled decay, the default, where it does not). Nuclear needs matrices: its groups hold the 2-d tensors
+    and the others run sign."""
     spec = kernel if isinstance(kernel, Kernel) else get_kernel(kernel)
     matrices_only = type(spec).__name__ == "Nuclear"
     groups = []
@@ -119,6 +120,8 @@ def _groups(params, kernel, storage, options_ok=True, cautious_ok=True):
         if matrices_only:
             group["params"] = [p for p in chunk if p.dim() == 2]
             groups.append({"params": [p for p in chunk if p.dim() < 2], "weight_decay": group["weight_decay"], "momentum_dtype": storage})
+        if options_ok:
+            group.update(weight_decay_mode="independent" if i == 0 else "cautious")
         if i == 1 and options_ok:
             group.update(maximize=True, nonfinite="skip", cautious=cautious_ok)
         groups.append(group)

@@ -62,6 +62,51 @@ def test_hand_computed_steps_with_decay_and_momentum():
     torch.testing.assert_close(opt.state[p]["exp_avg"], m_ref, rtol=1e-13, atol=1e-15)
 
 
+PATHS = {"reference": dict(fused=False, foreach=False), "foreach": dict(fused=False, foreach=True), "fused": dict(fused=True)}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_weight_decay_modes_by_hand(path):
+    """x = [2, -2, 2, -2, 0.5] with m = 0, g = [1, 1, -1, -1, 0]: u = sign(c) = sign(g) = [1, 1, -1, -1, 0]."""
+    x0 = torch.tensor([2.0, -2.0, 2.0, -2.0, 0.5], dtype=torch.float64)
+    g = torch.tensor([1.0, 1.0, -1.0, -1.0, 0.0], dtype=torch.float64)
+    u = torch.sign(g)
+    lr, wd = 0.1, 0.5
+    expected = {
+        "decoupled": x0 * (1 - lr * wd) - lr * u,
+        # the scheduler halved the lr after the group was made: the decay keeps wd * lr / initial_lr = 0.5 * 0.05 / 0.1
+        "independent": x0 * (1 - wd * (lr / 2) / lr) - (lr / 2) * u,
+        # decay only where u * x > 0: entries 0 and 3 (and never the entry with u = 0)
+        "cautious": torch.where(u * x0 > 0, x0 * (1 - lr * wd), x0) - lr * u,
+    }
+    for mode, want in expected.items():
+        p = torch.nn.Parameter(x0.clone())
+        opt = Lion([p], lr=lr, weight_decay=wd, weight_decay_mode=mode, **PATHS[path])
+        if mode == "independent":
+            opt.param_groups[0]["lr"] = lr / 2
+        p.grad = g.clone()
+        opt.step()
+        torch.testing.assert_close(p.detach(), want, rtol=0, atol=1e-15)
+        assert opt.state_dict()["param_groups"][0]["weight_decay_mode"] == mode
+
+
+def test_independent_decay_follows_an_lr_scheduler_and_refuses_a_zero_initial_lr():
+    p = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    opt = Lion([p], lr=0.1, weight_decay=0.5, weight_decay_mode="independent")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5**t)
+    for t in range(3):
+        p.grad = torch.zeros(3, dtype=torch.float64)  # only the decay moves p
+        before = p.detach().clone()
+        opt.step()
+        scheduler.step()
+        torch.testing.assert_close(p.detach(), before * (1 - 0.5 * (0.1 * 0.5**t) / 0.1), rtol=0, atol=1e-15)
+    q = torch.nn.Parameter(torch.ones(3))
+    opt = Lion([q], lr=0.0, weight_decay=0.5, weight_decay_mode="independent")
+    q.grad = torch.ones(3)
+    with pytest.raises(ValueError, match="initial_lr is 0.0"):
+        opt.step()
+
+
 def test_momentum_is_the_analytic_ema():
     lr, b2 = 1e-3, 0.99
     p = torch.zeros(3, dtype=torch.float64, requires_grad=True)

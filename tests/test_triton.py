@@ -279,7 +279,7 @@ def test_compiles_for_h100_with_vector_loads_ieee_division_and_no_fma(kernel, ca
     kernels = triton_path._kernels(False)
     direction = triton_path._direction(get_kernel(kernel), False)
     consts = dict(P_DT=tl.uint16, G_DT=tl.uint16, M_DT=tl.float32, OPMATH=tl.float32, DIRECTION=direction, MAXIMIZE=False,
-                  SKIP=True, CAUTIOUS=cautious, BLOCK=triton_path.BLOCK, ALIGNED=True)  # fmt: skip
+                  SKIP=True, CAUTIOUS=cautious, CAUTIOUS_DECAY=False, BLOCK=triton_path.BLOCK, ALIGNED=True)  # fmt: skip
     pointers = {"table": "*i64", "block_map": "*i64", "scalars": "*fp64", "lr_ptr": "*fp64", "counts": "*i64"}
     signature = pointers | dict.fromkeys(consts, "constexpr")
     aligned = {(i,): [["tt.divisibility", 16]] for i in range(5)}

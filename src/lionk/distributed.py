@@ -153,6 +153,7 @@ class DistributedLion(Lion):
         nonfinite: ``"propagate"``: a non-finite ``c`` on any rank makes every rank raise RuntimeError before
             anything is updated (a bit cannot carry a NaN); ``"skip"``: a rank's non-finite gradient entries
             vote 0 and keep that rank's momentum.
+        weight_decay_mode: as for :class:`lionk.Lion` ("cautious" compares the sign of the common vote with the weight).
         momentum_dtype, stochastic_rounding: as for :class:`lionk.Lion`, except that int8 momentum is not
             supported; the stochastic rounding of bf16/fp16 weights draws the same bits on every rank.
         vote: ``"majority"`` or ``"mean"``.
@@ -176,6 +177,7 @@ class DistributedLion(Lion):
         nonfinite: str = "propagate",
         momentum_dtype: torch.dtype | str | None = None,
         stochastic_rounding: bool = True,
+        weight_decay_mode: str = "decoupled",
         vote: str = "majority",
         process_group: Any = None,
         seed: int = 0,
@@ -205,6 +207,7 @@ class DistributedLion(Lion):
             nonfinite=nonfinite,
             momentum_dtype=momentum_dtype,
             stochastic_rounding=stochastic_rounding,
+            weight_decay_mode=weight_decay_mode,
         )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -333,7 +336,7 @@ class DistributedLion(Lion):
             if bad is not None:  # this rank's momentum keeps its skipped entries; the weight takes the common vote
                 new_m = torch.where(bad, m, new_m)
             # the same rounding bits on every rank: replicas stay equal
-            store_slot(s, decayed(x, agg, *lr_and_decay(hyper.lr, hyper.weight_decay, g.dtype)), new_m)
+            store_slot(s, decayed(x, agg, *lr_and_decay(hyper.lr, hyper.weight_decay, g.dtype), hyper.cautious_decay), new_m)
         for group, _, slots, _ in work:
             if slots:
                 group["step"] += 1

@@ -25,6 +25,7 @@ _FLAG_DEFAULTS: dict[str, Any] = {
     "cautious": False,
     "momentum_dtype": None,
     "stochastic_rounding": True,
+    "weight_decay_mode": "decoupled",
 }
 
 #: Param-group keys of other optimizers: a state dict that has them is not a Lion's (see load_state_dict).
@@ -78,6 +79,13 @@ class Lion(torch.optim.Optimizer):
             tensors of 4096+ elements; see :mod:`lionk.precision`). The arithmetic is float32 (float64 for
             float64 parameters) whatever the storage. Changing it between steps, or loading a checkpoint
             saved with another storage, converts the momentum at the next step.
+        weight_decay_mode: what the decay does per step (Lion-K's view of each in the README):
+            ``"decoupled"`` (default): :math:`x \leftarrow x(1-\eta\lambda)`, the paper's Program 1;
+            ``"independent"``: :math:`x \leftarrow x(1-\lambda\eta/\eta_0)` with :math:`\eta_0` the group's
+            ``initial_lr`` (what torch's lr schedulers set; else the lr when the group was made), the convention
+            of lion-pytorch's ``decoupled_weight_decay=True`` and optimi, so their settings copy unchanged;
+            ``"cautious"`` (Cautious Weight Decay): decay only the entries where the update and the weight have the
+            same sign, i.e. where decay pulls the same way as the optimizer's own step.
         stochastic_rounding: round every bfloat16/float16 store (weights, momentum) and the int8 codes
             stochastically, so that steps smaller than half an ulp (Lion's lr-sized steps on bf16 weights,
             the weight decay) survive in expectation; ``False`` rounds to nearest. The random bits are a
@@ -111,6 +119,7 @@ class Lion(torch.optim.Optimizer):
         cautious: bool = False,
         momentum_dtype: torch.dtype | str | None = None,
         stochastic_rounding: bool = True,
+        weight_decay_mode: str = "decoupled",
     ):
         defaults = dict(
             lr=lr,
@@ -124,6 +133,7 @@ class Lion(torch.optim.Optimizer):
             cautious=cautious,
             momentum_dtype=momentum_dtype,
             stochastic_rounding=stochastic_rounding,
+            weight_decay_mode=weight_decay_mode,
         )
         check_group(defaults)
         super().__init__(params, defaults)
@@ -140,6 +150,8 @@ class Lion(torch.optim.Optimizer):
         index = len(self.param_groups) - 1
         try:
             check_group(group, index)
+            lr = group["lr"]  # the lr weight_decay_mode="independent" divides by, unless a scheduler set another
+            group.setdefault("initial_lr", lr.detach().clone() if isinstance(lr, Tensor) else lr)
             kernel = get_kernel(group["kernel"])
             for p in group["params"]:
                 check_param(p, f"a parameter{where(index)}")

@@ -141,7 +141,8 @@ class LionSF(Lion):
     parameters in float32 for this mode.
 
     Args:
-        params, lr, betas, weight_decay, kernel, maximize, nonfinite, cautious, foreach, fused:
+        params, lr, betas, weight_decay, kernel, maximize, nonfinite, cautious, foreach, fused, momentum_dtype,
+        stochastic_rounding, weight_decay_mode:
             as for :class:`lionk.Lion` (validated by the same code, with the same errors).
         mode: ``"agreement"`` or ``"averaging"`` (above).
         sf_beta: :math:`\beta_{sf}` in [0, 1], the interpolation between the average and the Lion-K
@@ -172,11 +173,13 @@ class LionSF(Lion):
         cautious: bool = False,
         momentum_dtype: torch.dtype | str | None = None,
         stochastic_rounding: bool = True,
+        weight_decay_mode: str = "decoupled",
     ):
         defaults = dict(
             _SF_DEFAULTS,
             momentum_dtype=momentum_dtype,
             stochastic_rounding=stochastic_rounding,
+            weight_decay_mode=weight_decay_mode,
             lr=lr,
             betas=tuple(betas) if isinstance(betas, list) else betas,
             weight_decay=weight_decay,

@@ -19,7 +19,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define LK_ABI_VERSION 1
+#define LK_ABI_VERSION 2
 #define LK_BLOCK 256
 #define LK_MAX_REGISTERS 8
 #define LK_CHUNK 1024 /* elements per unit of work: a multiple of LK_BLOCK */
@@ -29,7 +29,7 @@ enum { LK_P, LK_G, LK_M, LK_ABSMAX, LK_NUMEL, LK_DTYPES, LK_KEY, LK_FLAGS, LK_RO
 enum { LK_LR, LK_DECAY, LK_DENOM, LK_DROW };
 /* storage codes (the names lk_dtype_name gives) and the job flags */
 enum { LK_F32, LK_F64, LK_BF16, LK_F16, LK_Q8, LK_NDTYPES };
-enum { LK_MAXIMIZE = 1, LK_SKIP = 2, LK_CAUTIOUS = 4, LK_COUNT = 8 };
+enum { LK_MAXIMIZE = 1, LK_SKIP = 2, LK_CAUTIOUS = 4, LK_COUNT = 8, LK_CAUTIOUS_DECAY = 16 };
 static const char *const lk_dtype_names[LK_NDTYPES] = {"float32", "float64", "bfloat16", "float16", "int8"};
 static const int64_t lk_dtype_sizes[LK_NDTYPES] = {4, 8, 2, 2, 1};
 
@@ -222,11 +222,11 @@ static int lk_best(void) {
 
 int32_t lk_abi_version(void) { return LK_ABI_VERSION; }
 
-/* out[0..19]: row ints, row doubles, the row indices (P, G, M, ABSMAX, NUMEL, DTYPES, KEY, FLAGS, LR, DECAY, DENOM),
-   block, max registers, the number of operations, and the flag bits (MAXIMIZE, SKIP, CAUTIOUS, COUNT) */
+/* out[0..20]: row ints, row doubles, the row indices (P, G, M, ABSMAX, NUMEL, DTYPES, KEY, FLAGS, LR, DECAY, DENOM),
+   block, max registers, the number of operations, and the flag bits (MAXIMIZE, SKIP, CAUTIOUS, COUNT, CAUTIOUS_DECAY) */
 void lk_layout(int64_t *out) {
     const int64_t layout[] = {LK_ROW,   LK_DROW,  LK_P,  LK_G,     LK_M,      LK_ABSMAX,        LK_NUMEL, LK_DTYPES, LK_KEY,  LK_FLAGS,
-                              LK_LR,    LK_DECAY, LK_DENOM, LK_BLOCK, LK_MAX_REGISTERS, LK_NOPS, LK_MAXIMIZE, LK_SKIP, LK_CAUTIOUS, LK_COUNT};
+                              LK_LR,    LK_DECAY, LK_DENOM, LK_BLOCK, LK_MAX_REGISTERS, LK_NOPS, LK_MAXIMIZE, LK_SKIP, LK_CAUTIOUS, LK_COUNT, LK_CAUTIOUS_DECAY};
     memcpy(out, layout, sizeof(layout));
 }
 

@@ -33,7 +33,7 @@ from ..kernels import Kernel
 from .update import CAUTIOUS_FLOOR
 from .work import Hyper, Slot
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 _MIN_ELEMENTS_PER_THREAD = 1 << 15  # below twice this many elements in a step, one thread does all the work
 
 _lock = threading.Lock()
@@ -49,11 +49,11 @@ class _Library:
         version = lib.lk_abi_version()
         if version != ABI_VERSION:
             raise OSError(f"the native library has ABI version {version}, this lionk needs {ABI_VERSION}: reinstall lionk")
-        layout = (ctypes.c_int64 * 20)()
+        layout = (ctypes.c_int64 * 21)()
         lib.lk_layout(layout)
         (self.row, self.drow, self.P, self.G, self.M, self.ABSMAX, self.NUMEL, self.DTYPES, self.KEY, self.FLAGS,
          self.LR, self.DECAY, self.DENOM, self.block, self.max_registers, n_ops,
-         self.MAXIMIZE, self.SKIP, self.CAUTIOUS, self.COUNT) = list(layout)  # fmt: skip
+         self.MAXIMIZE, self.SKIP, self.CAUTIOUS, self.COUNT, self.CAUTIOUS_DECAY) = list(layout)  # fmt: skip
         for name in ("lk_op_name", "lk_dtype_name", "lk_isa_name"):
             getattr(lib, name).restype = ctypes.c_char_p
             getattr(lib, name).argtypes = [ctypes.c_int32]
@@ -237,6 +237,7 @@ def _run_job(lib: _Library, program: Program, rows: Tensor, drows: Tensor, hyper
     prog = torch.tensor([v for ins in program.instructions for v in ins] or [0], dtype=torch.int32)
     consts = torch.tensor(program.constants or (0.0,), dtype=torch.float64)
     flags = (lib.MAXIMIZE if hyper.maximize else 0) | (lib.SKIP if hyper.skip else 0) | (lib.CAUTIOUS if hyper.cautious else 0)
+    flags |= lib.CAUTIOUS_DECAY if hyper.cautious_decay else 0
     b1, b2 = hyper.beta1, hyper.beta2
     pool = _workers(threads)
 

@@ -171,17 +171,21 @@
             for (int64_t i = 0; i < n; ++i) V[i] = U[i] * (OT)(U[i] * G[i] > 0) / denom;                      \
             U = V;                                                                                            \
         }                                                                                                     \
+        /* cautious weight decay: decay only where u * p > 0 (elsewhere p * 1, which is p exactly) */          \
+        const int cd = (job->flags & LK_CAUTIOUS_DECAY) != 0;                                                 \
         if (skip) {                                                                                           \
             for (int64_t i = 0; i < n; ++i) {                                                                 \
                 const OT u = U[i] + (C[i] - C[i]);                                                            \
-                const OT np = P[i] * decay - u * lr, nm = M[i] * b2 + G[i] * omb2;                            \
+                const OT d = cd && !(u * P[i] > 0) ? (OT)1 : decay;                                           \
+                const OT np = P[i] * d - u * lr, nm = M[i] * b2 + G[i] * omb2;                                \
                 P[i] = bad[i] ? P[i] : np;                                                                    \
                 M[i] = bad[i] ? M[i] : nm;                                                                    \
             }                                                                                                 \
         } else {                                                                                              \
             for (int64_t i = 0; i < n; ++i) {                                                                 \
                 const OT u = U[i] + (C[i] - C[i]);                                                            \
-                P[i] = P[i] * decay - u * lr;                                                                 \
+                const OT d = cd && !(u * P[i] > 0) ? (OT)1 : decay;                                           \
+                P[i] = P[i] * d - u * lr;                                                                     \
                 M[i] = M[i] * b2 + G[i] * omb2;                                                               \
             }                                                                                                 \
         }                                                                                                     \
@@ -225,7 +229,7 @@
 /* whether a tensor (row) of this job can take the single-pass loop */
 static inline int LK_FN(fusable)(const lk_job *job, const int64_t *row, int native) {
     const int64_t dt = row[LK_DTYPES];
-    return (job->flags & (LK_SKIP | LK_CAUTIOUS | LK_COUNT)) == 0 && (dt & 0xFF) == native && ((dt >> 8) & 0xFF) == native &&
+    return (job->flags & (LK_SKIP | LK_CAUTIOUS | LK_COUNT | LK_CAUTIOUS_DECAY)) == 0 && (dt & 0xFF) == native && ((dt >> 8) & 0xFF) == native &&
            ((dt >> 16) & 0xFF) == native &&
            (job->nprog == 0 || (job->nprog == 1 && lk_op_arities[job->prog[0]] == 1 && job->prog[2] == 0 && job->result == job->prog[1]));
 }

@@ -40,7 +40,8 @@ def _lr(hyper: Hyper, scale: float, opmath: torch.dtype) -> tuple[Any, Any]:
 
 
 def _update_kwargs(hyper: Hyper) -> dict[str, Any]:
-    return dict(beta1=hyper.beta1, beta2=hyper.beta2, maximize=hyper.maximize, skip=hyper.skip, cautious=hyper.cautious)
+    return dict(beta1=hyper.beta1, beta2=hyper.beta2, maximize=hyper.maximize, skip=hyper.skip, cautious=hyper.cautious,
+                cautious_decay=hyper.cautious_decay)  # fmt: skip
 
 
 def store_slot(slot: Slot, new_x: Tensor, new_m: Tensor) -> None:

@@ -261,4 +261,15 @@ def run(slots: list[Slot], hyper: Hyper, block_size: int = BLOCK) -> None:
         with torch.cuda.device(device) if device.type == "cuda" else nullcontext():
             if hyper.cautious:
                 kernels._agree_kernel[(n_blocks,)](table, block_map, host, counts, **types, **flags, **launch)
-            kernels._step_kernel[(n_blocks,)](table, block_map, host, lr_dev, counts, **types, **flags, CAUTIOUS=hyper.cautious, **launch)
+            kernels._step_kernel[(n_blocks,)](
+                table,
+                block_map,
+                host,
+                lr_dev,
+                counts,
+                **types,
+                **flags,
+                CAUTIOUS=hyper.cautious,
+                CAUTIOUS_DECAY=hyper.cautious_decay,
+                **launch,
+            )

@@ -44,8 +44,13 @@ def ema(m: Any, g: Any, beta2: float) -> Any:
     return m * beta2 + g * (1 - beta2)
 
 
-def decayed(x: Any, u: Any, lr: Any, decay: Any) -> Any:
-    """The new weight x * decay - u * lr, with decay = 1 - lr * weight_decay (decoupled weight decay)."""
+def decayed(x: Any, u: Any, lr: Any, decay: Any, cautious: bool = False) -> Any:
+    """The new weight x * decay - u * lr, with decay = 1 - lr * k (k = weight_decay, or weight_decay / initial_lr).
+
+    ``cautious`` (Cautious Weight Decay): the decay applies only where u * x > 0, where it pulls the way the step
+    does; elsewhere x - u * lr (x * 1 is x exactly, so the two forms round alike)."""
+    if cautious:
+        return (x * decay).where(u * x > 0, x) - u * lr
     return x * decay - u * lr
 
 
@@ -82,6 +87,7 @@ def lion_k_update(
     maximize: bool,
     skip: bool,
     cautious: bool,
+    cautious_decay: bool = False,
 ) -> tuple[Any, Any]:
     """The new weight and momentum (module docstring) from opmath tensors, or :class:`TensorList`\\ s of them."""
     if maximize:
@@ -94,7 +100,7 @@ def lion_k_update(
     if cautious:
         u = u.map(cautious_mask, g) if isinstance(u, TensorList) else cautious_mask(u, g)
     u = u + (c - c)
-    new_x = decayed(x, u, lr, decay)
+    new_x = decayed(x, u, lr, decay, cautious_decay)
     new_m = ema(m, g, beta2)
     if skip:
         new_x = x.where(bad, new_x)
@@ -140,6 +146,9 @@ class TensorList:
 
     def __invert__(self) -> TensorList:
         return TensorList([~t for t in self.items])
+
+    def __gt__(self, other: Any) -> TensorList:
+        return TensorList([t > o for t, o in zip(self.items, other.items if isinstance(other, TensorList) else [other] * len(self))])
 
     def isfinite(self) -> TensorList:
         return TensorList([t.isfinite() for t in self.items])

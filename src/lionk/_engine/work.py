@@ -20,6 +20,7 @@ from ..kernels import Kernel, get_kernel, kernel_spec
 from ..precision import Storage, canonical_momentum_dtype, held_storage
 
 NONFINITE_MODES = ("propagate", "skip")
+WEIGHT_DECAY_MODES = ("decoupled", "independent", "cautious")
 BOOL_FLAGS = ("maximize", "cautious", "stochastic_rounding")
 PATH_FLAGS = ("foreach", "fused")
 
@@ -35,13 +36,14 @@ class Hyper:
     lr: float | Tensor  # a number or a 0-d tensor
     beta1: float
     beta2: float
-    weight_decay: float
+    weight_decay: float  # the coefficient k of the per-step decay 1 - lr * k (wd, or wd / initial_lr: independent mode)
     kernel: Kernel
     maximize: bool
     skip: bool  # nonfinite == "skip"
     cautious: bool
     foreach: bool | None
     fused: bool | None
+    cautious_decay: bool = False  # decay only the entries whose update points the same way as the weight
 
     @property
     def lr_value(self) -> float:
@@ -99,6 +101,8 @@ def check_group(group: dict[str, Any], index: int | None = None) -> None:
     _check_number("weight_decay", group["weight_decay"], index)
     if group["nonfinite"] not in NONFINITE_MODES:
         raise ValueError(f"Invalid nonfinite{where(index)}: {group['nonfinite']!r} (must be one of {NONFINITE_MODES})")
+    if group["weight_decay_mode"] not in WEIGHT_DECAY_MODES:
+        raise ValueError(f"Invalid weight_decay_mode{where(index)}: {group['weight_decay_mode']!r} (must be one of {WEIGHT_DECAY_MODES})")
     for flag in BOOL_FLAGS:
         if not isinstance(group[flag], bool):
             raise ValueError(f"Invalid {flag}{where(index)}: {group[flag]!r} (must be True or False)")
@@ -118,17 +122,28 @@ def group_hyper(group: dict[str, Any], index: int | None = None) -> Hyper:
     """:func:`check_group`, then the group's :class:`Hyper`."""
     check_group(group, index)
     beta1, beta2 = group["betas"]
+    coefficient = float(group["weight_decay"])
+    if group["weight_decay_mode"] == "independent" and coefficient:
+        initial = group.get("initial_lr")
+        initial = initial.item() if isinstance(initial, Tensor) else initial
+        if isinstance(initial, bool) or not isinstance(initial, (int, float)) or not (math.isfinite(initial) and initial > 0):
+            raise ValueError(
+                f"weight_decay_mode='independent' decays by weight_decay * lr / initial_lr{where(index)}, and initial_lr is {initial!r} "
+                "(must be a finite number > 0: the group's lr when it was made, or what an lr scheduler set)"
+            )
+        coefficient /= initial
     return Hyper(
         lr=check_lr(group["lr"], index),
         beta1=beta1,
         beta2=beta2,
-        weight_decay=float(group["weight_decay"]),
+        weight_decay=coefficient,
         kernel=get_kernel(group["kernel"]),
         maximize=group["maximize"],
         skip=group["nonfinite"] == "skip",
         cautious=group["cautious"],
         foreach=group["foreach"],
         fused=group["fused"],
+        cautious_decay=group["weight_decay_mode"] == "cautious",
     )
 
 
