@@ -103,7 +103,7 @@ def test_independent_decay_follows_an_lr_scheduler_and_refuses_a_zero_initial_lr
     q = torch.nn.Parameter(torch.ones(3))
     opt = Lion([q], lr=0.0, weight_decay=0.5, weight_decay_mode="independent")
     q.grad = torch.ones(3)
-    with pytest.raises(ValueError, match="initial_lr is 0.0"):
+    with pytest.raises(ValueError, match=r"initial_lr is 0\.0"):
         opt.step()
 
 
