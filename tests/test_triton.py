@@ -76,7 +76,7 @@ def lion_triton(params, grads, exp_avgs, *, lr, beta1, beta2, weight_decay, kern
     """The Triton path on the tensors it takes (block_size set), the reference path on the others, as the dispatcher
     would send them (with its reason)."""
     group = dict(lr=lr, betas=(beta1, beta2), weight_decay=weight_decay, kernel=kernel, maximize=maximize, nonfinite=nonfinite,
-                 foreach=None, fused=True, cautious=cautious, momentum_dtype=None, stochastic_rounding=False)  # fmt: skip
+                 foreach=None, fused=True, cautious=cautious, stochastic_rounding=False)  # fmt: skip
     hyper = group_hyper(group)
     slots = [
         Slot(p, p, g, {"exp_avg": m}, FloatStorage(m.dtype), f"tensor {i}") for i, (p, g, m) in enumerate(zip(params, grads, exp_avgs))

@@ -56,7 +56,7 @@ from torch import Tensor
 
 from ._engine import where
 from ._engine.torch_paths import store_slot
-from ._engine.update import decayed, ema, interpolate, lr_and_decay
+from ._engine.update import clip_per_tensor, decayed, ema, interpolate, lr_and_decay
 from ._tensor import as_real, is_dtensor, opmath_dtype
 from .kernels import Huber, Kernel, Relativistic, Sign, Tanh, get_kernel
 from .optimizer import Lion
@@ -270,6 +270,9 @@ class DistributedLion(Lion):
             with torch.enable_grad():
                 loss = closure()
         work = self._prepare()
+        for group, _, slots, _ in work:
+            if group["max_grad_norm"] is not None:
+                clip_per_tensor([s.grad for s in slots], group["max_grad_norm"])
         positions = self._positions()
         items = []  # (hyper, slot, opmath momentum, opmath gradient, skip mask)
         votes = []  # this rank's votes, flattened, in the same order

@@ -38,6 +38,8 @@ def lion(
     cautious: bool = False,
     rounding_keys: list[int | None] | None = None,
     exp_avg_absmaxes: list[Tensor | None] | None = None,
+    weight_decay_mode: str = "decoupled",
+    initial_lr: float | None = None,
 ) -> None:
     """Apply one Lion-K step in place to ``params`` and their momenta ``exp_avgs``.
 
@@ -46,7 +48,8 @@ def lion(
     take it). ``exp_avgs`` may have another float dtype than ``params``, or be int8 codes with their float32 block
     scales in ``exp_avg_absmaxes`` (:mod:`lionk.precision`). ``rounding_keys`` (one 32-bit key per tensor or
     None, from :func:`lionk.precision.rounding_key`) makes the bfloat16/float16 stores of weight and momentum, and
-    the int8 codes, round stochastically; without a key a tensor rounds to nearest.
+    the int8 codes, round stochastically; without a key a tensor rounds to nearest. ``weight_decay_mode`` is
+    :class:`lionk.Lion`'s (``"independent"`` divides by ``initial_lr``, which it then needs).
 
     Every tensor is checked against its parameter (shape, device, dtype, layout) and every value against its range
     before any memory is written: ValueError / TypeError name the tensor and the problem.
@@ -61,7 +64,7 @@ def lion(
         if values is not None and len(values) != n:
             raise ValueError(f"{name} must have one entry per parameter, got {len(values)} for {n} params")
     group = dict(lr=lr, betas=(beta1, beta2), weight_decay=weight_decay, kernel=kernel, maximize=maximize, nonfinite=nonfinite,
-                 foreach=foreach, fused=fused, cautious=cautious, momentum_dtype=None, stochastic_rounding=True)  # fmt: skip
+                 foreach=foreach, fused=fused, cautious=cautious, weight_decay_mode=weight_decay_mode, initial_lr=initial_lr)  # fmt: skip
     hyper = group_hyper(group)
     slots = []
     for i, (p, g, m) in enumerate(zip(params, grads, exp_avgs)):

@@ -2,7 +2,10 @@ r"""``lionk.Lion``: Lion-K as a ``torch.optim.Optimizer``."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import contextlib
+import functools
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -11,22 +14,14 @@ from torch import Tensor
 
 from . import _engine
 from ._engine import Hyper, Slot, check_group, check_param, check_slot, fused_unavailable_reason, group_hyper, where
+from ._engine.update import clip_per_tensor
+from ._engine.work import DEFAULTS
+from ._tensor import is_dtensor
 from .kernels import Kernel, get_kernel
 from .precision import HALF_TYPES, Int8Storage, check_momentum_dtype, convert_momentum, held_storage, rounding_key, storage_for
 
 __all__ = ["Lion", "PathReport"]
 
-_FLAG_DEFAULTS: dict[str, Any] = {
-    "kernel": "sign",
-    "maximize": False,
-    "nonfinite": "propagate",
-    "foreach": None,
-    "fused": None,
-    "cautious": False,
-    "momentum_dtype": None,
-    "stochastic_rounding": True,
-    "weight_decay_mode": "decoupled",
-}
 
 #: Param-group keys of other optimizers: a state dict that has them is not a Lion's (see load_state_dict).
 _FOREIGN_GROUP_KEYS = frozenset(
@@ -86,6 +81,16 @@ class Lion(torch.optim.Optimizer):
             of lion-pytorch's ``decoupled_weight_decay=True`` and optimi, so their settings copy unchanged;
             ``"cautious"`` (Cautious Weight Decay): decay only the entries where the update and the weight have the
             same sign, i.e. where decay pulls the same way as the optimizer's own step.
+        max_grad_norm: clip each tensor's gradient to this L2 norm before the step (``g * min(1, max_norm / (||g|| +
+            1e-6))``, per tensor, in place); ``None`` (default) does not clip. Unlike
+            ``torch.nn.utils.clip_grad_norm_`` it needs no other tensor's gradient, so it works with gradient release.
+        gradient_release: step each parameter inside ``loss.backward()`` as soon as its gradient is accumulated and
+            free that gradient at once, so that gradients never exist for the whole model (optimizer-wide; see the
+            README's "Gradient release" for how it meets accumulation, schedulers, GradScaler, clipping and many
+            machines). ``step()`` then only runs the closure (and steps gradients left by :meth:`accumulate`).
+        release_bucket: under gradient release, parameters whose gradients are ready are stepped together once they
+            hold this many elements (default 65,536), and all that remain when backward ends: larger buckets mean
+            fewer calls, smaller ones fewer live gradients.
         stochastic_rounding: round every bfloat16/float16 store (weights, momentum) and the int8 codes
             stochastically, so that steps smaller than half an ulp (Lion's lr-sized steps on bf16 weights,
             the weight decay) survive in expectation; ``False`` rounds to nearest. The random bits are a
@@ -120,7 +125,11 @@ class Lion(torch.optim.Optimizer):
         momentum_dtype: torch.dtype | str | None = None,
         stochastic_rounding: bool = True,
         weight_decay_mode: str = "decoupled",
+        max_grad_norm: float | None = None,
+        gradient_release: bool = False,
+        release_bucket: int = 1 << 16,
     ):
+        self._init_release(gradient_release, release_bucket)
         defaults = dict(
             lr=lr,
             betas=tuple(betas) if isinstance(betas, list) else betas,
@@ -134,6 +143,7 @@ class Lion(torch.optim.Optimizer):
             momentum_dtype=momentum_dtype,
             stochastic_rounding=stochastic_rounding,
             weight_decay_mode=weight_decay_mode,
+            max_grad_norm=max_grad_norm,
         )
         check_group(defaults)
         super().__init__(params, defaults)
@@ -144,7 +154,8 @@ class Lion(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group, validating its settings and its kernel and storage against its parameters."""
         self._streams = None  # the parameters' positions change
-        self._plans: dict[int, _GroupPlan] = {}
+        self._groups_of: dict[Tensor, int] | None = None
+        self._plans: dict[Any, _GroupPlan] = {}
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         index = len(self.param_groups) - 1
@@ -165,16 +176,24 @@ class Lion(torch.optim.Optimizer):
                     reason = fused_unavailable_reason(kernel, device)
                     if reason is not None:
                         raise RuntimeError(f"fused=True cannot run here: {reason}{where(index)}")
+            self._check_group_extra(group, index)
+            if self.gradient_release:
+                self._register_release(group, index)
         except (ValueError, TypeError, RuntimeError):
             self.param_groups.pop()
             raise
 
+    def _check_group_extra(self, group: dict[str, Any], index: int) -> None:
+        """What a subclass checks in a new param group beyond Lion's settings (before hooks are registered)."""
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._streams = None
+        self._groups_of = None
         self._plans = {}
+        self._init_release(False, 0)  # a copy has no hooks on its parameters
         for group in self.param_groups:
-            for flag, default in _FLAG_DEFAULTS.items():
+            for flag, default in DEFAULTS.items():
                 group.setdefault(flag, default)
 
     # ---- checkpoints -------------------------------------------------------------------------------------------
@@ -275,8 +294,8 @@ class Lion(torch.optim.Optimizer):
             self._streams = {p: i for i, p in enumerate(self._params())}
         return self._streams
 
-    def _slots(self, group: dict[str, Any], index: int) -> list[Slot]:
-        """The group's parameters that have a gradient, as checked :class:`lionk._engine.Slot` objects.
+    def _slots(self, group: dict[str, Any], index: int, params: list[Tensor]) -> list[Slot]:
+        """The group's ``params`` that have a gradient, as checked :class:`lionk._engine.Slot` objects.
 
         A parameter's momentum is created lazily as zeros in the group's ``momentum_dtype`` storage; one held in
         another storage (a changed group, a loaded checkpoint) is checked in the storage it is held in now and
@@ -284,7 +303,7 @@ class Lion(torch.optim.Optimizer):
         """
         positions = self._positions()
         slots = []
-        for p in group["params"]:
+        for p in params:
             if p.grad is None:
                 continue
             label = f"parameter {positions[p]} (param group {index}, shape {tuple(p.shape)})"
@@ -322,11 +341,12 @@ class Lion(torch.optim.Optimizer):
             s.key = rounding_key(positions[s.param], int(s.state["step"]))
 
     #: Group settings that decide a group's plan (its paths and checks); the lr does not: it is read at every run.
-    _plan_settings: tuple[str, ...] = ("betas", "weight_decay", *_FLAG_DEFAULTS)
+    _plan_settings: tuple[str, ...] = ("betas", "weight_decay", *DEFAULTS)
 
-    def _prepare(self) -> list[Work]:
+    def _prepare(self, selection: dict[int, list[Tensor]] | None = None) -> list[Work]:
         """Every group's settings and slots, all checked, and each group's plan (fused=True raises here, before
-        anything is written); then the rounding keys of this step.
+        anything is written); then the rounding keys of this step. ``selection``: the parameters to consider per
+        group index (gradient release steps a few at a time); by default every parameter of every group.
 
         A group's plan is kept while its parameters with gradients, their gradients' and parameters' dtypes, shapes,
         strides and devices, their state tensors and the group's settings stay the same, so that a training loop pays
@@ -335,12 +355,16 @@ class Lion(torch.optim.Optimizer):
         context = _engine.dispatch.plan_context()
         work = []
         for index, group in enumerate(self.param_groups):
+            if selection is not None and index not in selection:
+                continue
+            params = group["params"] if selection is None else selection[index]
             hyper = group_hyper(group, index)
             key = (tuple(group.get(k) for k in self._plan_settings), context)
-            cached = self._plans.get(index)
-            if cached is None or cached.key != key or not self._still_fits(group, cached):
-                slots = self._slots(group, index)
-                cached = self._plans[index] = _GroupPlan(key, slots, [self._fingerprint(s) for s in slots], None, [])
+            plan_id = index if selection is None else (index, *map(id, params))
+            cached = self._plans.get(plan_id)
+            if cached is None or cached.key != key or not self._still_fits(params, cached):
+                slots = self._slots(group, index, params)
+                cached = self._plans[plan_id] = _GroupPlan(key, slots, [self._fingerprint(s) for s in slots], None, [])
             work.append(Work(group, hyper, cached.slots, cached))
         for item in work:  # every group is checked before any momentum is converted or any plan made
             if item.cache.plan is None:
@@ -354,11 +378,11 @@ class Lion(torch.optim.Optimizer):
             self._draw_keys(item.cache.rounding)
         return work
 
-    def _still_fits(self, group: dict[str, Any], cached: _GroupPlan) -> bool:
-        """Whether the cached slots are still this group's tensors as they were checked (refreshing their gradients)."""
+    def _still_fits(self, params: list[Tensor], cached: _GroupPlan) -> bool:
+        """Whether the cached slots are still these tensors as they were checked (refreshing their gradients)."""
         slots, fingerprints = cached.slots, cached.fingerprints
         i = 0
-        for p in group["params"]:
+        for p in params:
             g = p.grad
             if g is None:
                 continue
@@ -387,19 +411,119 @@ class Lion(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Perform one optimisation step; ``closure`` re-evaluates the model and returns the loss."""
+        """Perform one optimisation step; ``closure`` re-evaluates the model and returns the loss.
+
+        With ``gradient_release=True`` the parameters were stepped during ``backward()``: ``step()`` runs the
+        closure, then steps whatever gradients are still there (those accumulated under :meth:`accumulate`) and frees
+        them.
+        """
+        return self._step(closure)
+
+    def _step(self, closure: Callable[[], Any] | None) -> Any:
+        """:meth:`step`'s work (subclasses' ``step`` call this: torch wraps each class's ``step`` with the optimizer
+        hooks, and calling the wrapped parent would run them twice)."""
+        if self.gradient_release and hasattr(self, "found_inf"):
+            raise RuntimeError(
+                "gradient_release=True cannot be used with torch.amp.GradScaler: the scaler skips a step when any gradient "
+                "is inf, which is known only after the whole backward, while gradient release steps each parameter during "
+                "it (with scaled gradients). Use bfloat16 autocast, which needs no scaler, or release=False"
+            )
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._run(self._prepare())
+        work = self._prepare()
+        self._step_work(work)
+        if self.gradient_release:
+            for item in work:
+                for s in item.slots:
+                    s.param.grad = None
         return loss
+
+    def _step_work(self, work: list[Work]) -> None:
+        """One step of checked and planned work (subclasses change the rates or the tensors around it)."""
+        self._run(work)
 
     def _run(self, work: list[Work]) -> None:
         """Run every group's plan with its settings of this step, then count the step."""
         for item in work:
+            max_norm = item.group["max_grad_norm"]
+            if max_norm is not None:
+                clip_per_tensor([s.grad for s in item.slots], max_norm)
             item.cache.plan.run(item.hyper)
             self._count_steps(item.slots)
+
+    # ---- gradient release ----------------------------------------------------------------------------------------
+
+    def _init_release(self, gradient_release: bool, release_bucket: int) -> None:
+        """Gradient release's settings and pending list (before any param group is added)."""
+        if not isinstance(gradient_release, bool):
+            raise ValueError(f"Invalid gradient_release: {gradient_release!r} (must be True or False)")
+        if isinstance(release_bucket, bool) or not isinstance(release_bucket, int) or release_bucket < 0:
+            raise ValueError(f"Invalid release_bucket: {release_bucket!r} (must be an integer >= 0, a number of elements)")
+        self.gradient_release = gradient_release
+        self.release_bucket = release_bucket
+        self._pending: list[Tensor] = []
+        self._pending_numel = 0
+        self._accumulating = False
+        if gradient_release:
+            self._step_supports_amp_scaling = True  # so that GradScaler tells step(), which refuses it (see step)
+
+    def _register_release(self, group: dict[str, Any], index: int) -> None:
+        """Step each of the group's parameters from inside backward as soon as its gradient is accumulated."""
+        for p in group["params"]:
+            if is_dtensor(p):
+                raise ValueError(
+                    f"gradient_release=True needs plain tensors{where(index)}: FSDP2 sets a DTensor's gradient after its "
+                    "reduce-scatter, outside autograd, so no hook would ever step it"
+                )
+        ref = weakref.ref(self)
+        for p in group["params"]:
+            if p.requires_grad:
+                p.register_post_accumulate_grad_hook(functools.partial(_gradient_ready, ref))
+
+    def _release(self, p: Tensor) -> None:
+        if self._accumulating:
+            return
+        if not self._pending:  # the rest is stepped when this backward ends
+            torch.autograd.Variable._execution_engine.queue_callback(self._flush_released)
+        self._pending.append(p)
+        self._pending_numel += p.numel()
+        if self._pending_numel >= self.release_bucket:
+            self._flush_released()
+
+    @torch.no_grad()
+    def _flush_released(self) -> None:
+        """Step the pending parameters (one batch through the usual paths) and free their gradients."""
+        params, self._pending, self._pending_numel = self._pending, [], 0
+        if not params:
+            return
+        if self._groups_of is None:
+            self._groups_of = {p: i for i, group in enumerate(self.param_groups) for p in group["params"]}
+        selection: dict[int, list[Tensor]] = {}
+        for p in params:
+            selection.setdefault(self._groups_of[p], []).append(p)
+        self._step_work(self._prepare(selection))
+        for p in params:
+            p.grad = None
+
+    @contextlib.contextmanager
+    def accumulate(self) -> Iterator[None]:
+        """Gradient release over micro-batches: backward passes inside this context accumulate gradients as usual;
+        the first backward outside it steps each parameter with the accumulated gradient (and frees it)::
+
+            for x in micro_batches[:-1]:
+                with opt.accumulate():
+                    loss_fn(model(x)).backward()
+            loss_fn(model(micro_batches[-1])).backward()   # steps
+
+        (While accumulating, the gradients exist for the whole model, as without gradient release.)
+        """
+        previous, self._accumulating = self._accumulating, True
+        try:
+            yield
+        finally:
+            self._accumulating = previous
 
     # ---- which path runs --------------------------------------------------------------------------------------
 
@@ -447,6 +571,13 @@ class Work(NamedTuple):
     hyper: Hyper
     slots: list[Slot]
     cache: _GroupPlan
+
+
+def _gradient_ready(optimizer: weakref.ref, p: Tensor) -> None:
+    """A parameter's post-accumulate-grad hook under gradient release (a weak reference: the hook keeps no optimizer alive)."""
+    opt = optimizer()
+    if opt is not None:
+        opt._release(p)
 
 
 def _step_tensor(step: Any) -> Tensor:

@@ -142,7 +142,7 @@ class LionSF(Lion):
 
     Args:
         params, lr, betas, weight_decay, kernel, maximize, nonfinite, cautious, foreach, fused, momentum_dtype,
-        stochastic_rounding, weight_decay_mode:
+        stochastic_rounding, weight_decay_mode, max_grad_norm, gradient_release, release_bucket:
             as for :class:`lionk.Lion` (validated by the same code, with the same errors).
         mode: ``"agreement"`` or ``"averaging"`` (above).
         sf_beta: :math:`\beta_{sf}` in [0, 1], the interpolation between the average and the Lion-K
@@ -174,12 +174,17 @@ class LionSF(Lion):
         momentum_dtype: torch.dtype | str | None = None,
         stochastic_rounding: bool = True,
         weight_decay_mode: str = "decoupled",
+        max_grad_norm: float | None = None,
+        gradient_release: bool = False,
+        release_bucket: int = 1 << 16,
     ):
+        self._init_release(gradient_release, release_bucket)
         defaults = dict(
             _SF_DEFAULTS,
             momentum_dtype=momentum_dtype,
             stochastic_rounding=stochastic_rounding,
             weight_decay_mode=weight_decay_mode,
+            max_grad_norm=max_grad_norm,
             lr=lr,
             betas=tuple(betas) if isinstance(betas, list) else betas,
             weight_decay=weight_decay,
@@ -198,14 +203,14 @@ class LionSF(Lion):
         _validate_sf(defaults)
         torch.optim.Optimizer.__init__(self, params, defaults)  # Lion.__init__ would rebuild Lion's defaults only
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a param group, validated as :class:`lionk.Lion` does plus the schedule-free arguments."""
-        super().add_param_group(param_group)
-        try:
-            _validate_sf(self.param_groups[-1], len(self.param_groups) - 1)
-        except ValueError:
-            self.param_groups.pop()
-            raise
+    def _check_group_extra(self, group: dict[str, Any], index: int) -> None:
+        """The schedule-free arguments of a new param group."""
+        _validate_sf(group, index)
+        if self.gradient_release and group["mode"] == "averaging":
+            raise ValueError(
+                f"gradient_release=True does not work with mode='averaging' in param group {index}: its averaging "
+                "counters advance once per step, not once per released batch (mode='agreement' works)"
+            )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -255,12 +260,12 @@ class LionSF(Lion):
                 "LionSF.step() was called in eval mode: call optimizer.train() before training steps "
                 "(and optimizer.eval() before evaluating or saving); see the LionSF docstring"
             )
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        work, averages = [], []
-        for item in self._prepare():
+        return self._step(closure)
+
+    def _step_work(self, work: list) -> None:
+        """Scale (agreement) or schedule and average (averaging) around the Lion-K step of each group's slots."""
+        scheduled, averages = [], []
+        for item in work:
             group, hyper, slots = item.group, item.hyper, item.slots
             if group["mode"] == "averaging":
                 if not slots:
@@ -273,14 +278,13 @@ class LionSF(Lion):
                     rho = sign_agreement(s.storage.read(s.state, opmath_dtype(s.param.dtype)), -s.grad if group["maximize"] else s.grad)
                     s.state["agreement"] = rho
                     s.lr_scale = rho
-            work.append(item)
-        self._run(work)
+            scheduled.append(item)
+        self._run(scheduled)
         for group, slots, ckp1 in averages:
             for s in slots:  # x <- (1 - c) x + c z; the parameter holds y = sf_beta x + (1 - sf_beta) z
                 x, z = s.state["x"], s.state["z"]
                 as_real(x).lerp_(as_real(z), ckp1)
                 as_real(s.param).copy_(_interpolate(x, z, group["sf_beta"]))
-        return loss
 
     @staticmethod
     def _averaging_schedule(group: dict[str, Any], lr: float) -> tuple[float, float]:

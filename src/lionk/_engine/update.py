@@ -74,6 +74,15 @@ def cautious_mask(u: Tensor, g: Tensor) -> Tensor:
     return u * agree.to(u.dtype) / fraction.clamp_min(CAUTIOUS_FLOOR).to(u.dtype)
 
 
+def clip_per_tensor(grads: list[Tensor], max_norm: float) -> None:
+    """Scale each gradient, in place, by min(1, max_norm / (||g||_2 + 1e-6)): clip_grad_norm_'s rule, per tensor."""
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads)
+    coefficients = [(max_norm / (n.float() + 1e-6)).clamp_max(1.0).to(g.dtype) for n, g in zip(norms, grads)]
+    torch._foreach_mul_(grads, coefficients)
+
+
 def lion_k_update(
     x: Any,
     g: Any,

@@ -21,6 +21,21 @@ from ..precision import Storage, canonical_momentum_dtype, held_storage
 
 NONFINITE_MODES = ("propagate", "skip")
 WEIGHT_DECAY_MODES = ("decoupled", "independent", "cautious")
+
+#: Every group setting but lr, betas and weight_decay, with its default: a group (or a checkpoint) without one
+#: gets the default, so that older checkpoints load and every setting has one home.
+DEFAULTS: dict[str, Any] = {
+    "kernel": "sign",
+    "maximize": False,
+    "nonfinite": "propagate",
+    "foreach": None,
+    "fused": None,
+    "cautious": False,
+    "momentum_dtype": None,
+    "stochastic_rounding": True,
+    "weight_decay_mode": "decoupled",
+    "max_grad_norm": None,
+}
 BOOL_FLAGS = ("maximize", "cautious", "stochastic_rounding")
 PATH_FLAGS = ("foreach", "fused")
 
@@ -88,8 +103,11 @@ def _check_number(name: str, value: Any, index: int | None) -> None:
 
 
 def check_group(group: dict[str, Any], index: int | None = None) -> None:
-    """Validate a param group's (or the defaults') settings in place: normalise ``kernel`` to its spec, ``betas`` to
-    a tuple and ``momentum_dtype`` to its name; raise ValueError / TypeError naming the first invalid value."""
+    """Validate a param group's (or the defaults') settings in place: fill a missing setting with its default,
+    normalise ``kernel`` to its spec, ``betas`` to a tuple and ``momentum_dtype`` to its name; raise ValueError /
+    TypeError naming the first invalid value."""
+    for key, default in DEFAULTS.items():
+        group.setdefault(key, default)
     check_lr(group["lr"], index)
     betas = group["betas"]
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
@@ -101,6 +119,11 @@ def check_group(group: dict[str, Any], index: int | None = None) -> None:
     _check_number("weight_decay", group["weight_decay"], index)
     if group["nonfinite"] not in NONFINITE_MODES:
         raise ValueError(f"Invalid nonfinite{where(index)}: {group['nonfinite']!r} (must be one of {NONFINITE_MODES})")
+    max_norm = group["max_grad_norm"]
+    if max_norm is not None:
+        _check_number("max_grad_norm", max_norm, index)
+        if max_norm == 0:
+            raise ValueError(f"Invalid max_grad_norm{where(index)}: 0 (must be None or a finite number > 0)")
     if group["weight_decay_mode"] not in WEIGHT_DECAY_MODES:
         raise ValueError(f"Invalid weight_decay_mode{where(index)}: {group['weight_decay_mode']!r} (must be one of {WEIGHT_DECAY_MODES})")
     for flag in BOOL_FLAGS:
