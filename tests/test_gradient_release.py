@@ -154,7 +154,7 @@ def test_grad_scaler_is_refused_with_the_reason():
     opt = Lion(model.parameters(), lr=1e-2, gradient_release=True)
     scaler = torch.amp.GradScaler("cpu")
     scaler.scale(_loss(model, _batches(1)[0])).backward()
-    with pytest.raises(RuntimeError, match="gradient_release=True cannot be used with torch.amp.GradScaler"):
+    with pytest.raises(RuntimeError, match=r"gradient_release=True cannot be used with torch\.amp\.GradScaler"):
         scaler.step(opt)
 
 
