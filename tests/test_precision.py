@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 import math
 
 import pytest
@@ -415,3 +416,23 @@ def test_cuda_stochastic_round_equals_cpu(dtype):
     codes, absmax = quantize_int8(x, 3)
     codes_cuda, absmax_cuda = quantize_int8(x.cuda(), 3)
     assert torch.equal(codes, codes_cuda.cpu()) and torch.equal(absmax, absmax_cuda.cpu())
+
+
+@pytest.mark.parametrize(
+    "dtype, sr, lr, warns",
+    [(torch.bfloat16, False, 1e-4, True), (torch.float16, False, 1e-5, True), (torch.bfloat16, True, 1e-4, False),
+     (torch.float32, False, 1e-4, False), (torch.bfloat16, False, 1e-1, False), (torch.bfloat16, False, 0.0, False)],
+)  # fmt: skip
+def test_lost_steps_under_round_to_nearest_are_warned_once(dtype, sr, lr, warns):
+    """bf16 weights near 1 have an ulp of 2^-7: a step of 1e-4 rounded to nearest returns the old weight."""
+    p = torch.nn.Parameter((torch.rand(1000, generator=torch.Generator().manual_seed(0)) + 0.5).to(dtype))
+    opt = Lion([p], lr=lr, weight_decay=0.1, stochastic_rounding=sr)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            p.grad = torch.randn(1000, generator=torch.Generator().manual_seed(1)).to(dtype)
+            opt.step()
+    lost = [w for w in caught if "lose their steps" in str(w.message)]
+    assert len(lost) == (1 if warns else 0)
+    if warns:
+        assert "100% of the" in str(lost[0].message) and "stochastic_rounding=True" in str(lost[0].message)

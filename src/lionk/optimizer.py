@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from . import _engine
 from ._engine import Hyper, Slot, check_group, check_param, check_slot, fused_unavailable_reason, group_hyper, where
 from ._engine.update import clip_per_tensor
 from ._engine.work import DEFAULTS
-from ._tensor import is_dtensor
+from ._tensor import as_real, is_dtensor
 from .kernels import Kernel, get_kernel
 from .precision import HALF_TYPES, Int8Storage, check_momentum_dtype, convert_momentum, held_storage, rounding_key, storage_for
 
@@ -155,6 +156,7 @@ class Lion(torch.optim.Optimizer):
         """Add a param group, validating its settings and its kernel and storage against its parameters."""
         self._streams = None  # the parameters' positions change
         self._groups_of: dict[Tensor, int] | None = None
+        self._warned: set[int] = getattr(self, "_warned", set())
         self._plans: dict[Any, _GroupPlan] = {}
         super().add_param_group(param_group)
         group = self.param_groups[-1]
@@ -191,6 +193,7 @@ class Lion(torch.optim.Optimizer):
         self._streams = None
         self._groups_of = None
         self._plans = {}
+        self._warned = set()
         self._init_release(False, 0)  # a copy has no hooks on its parameters
         for group in self.param_groups:
             for flag, default in DEFAULTS.items():
@@ -442,7 +445,44 @@ class Lion(torch.optim.Optimizer):
 
     def _step_work(self, work: list[Work]) -> None:
         """One step of checked and planned work (subclasses change the rates or the tensors around it)."""
+        self._warn_lost_steps(work)
         self._run(work)
+
+    #: How often (in a group's steps) to look again for lost steps; the look reads every weight once.
+    LOST_STEP_INTERVAL = 1000
+
+    def _warn_lost_steps(self, work: list[Work]) -> None:
+        """Warn once per group when round to nearest loses the steps of most of its bfloat16/float16 weights.
+
+        A weight w rounded to nearest keeps its old value when the step is below half its ulp; with Lion's step of
+        lr (|grad K| <= 1 for sign and the bounded kernels) plus the decay lr * k * |w|, that happens where
+        lr * (1 + k |w|) < ulp(w) / 2. Looked at on a group's first step and every :attr:`LOST_STEP_INTERVAL` steps.
+        """
+        for item in work:
+            group, slots = item.group, item.slots
+            if group["stochastic_rounding"] or id(group) in self._warned or not slots:
+                continue
+            half = [s.weight for s in slots if s.weight.dtype in HALF_TYPES]
+            if not half or int(slots[0].state["step"]) % self.LOST_STEP_INTERVAL:
+                continue
+            lr = item.hyper.lr_value * slots[0].lr_scale
+            if lr <= 0:
+                continue
+            lost = total = 0
+            for w in half:
+                w32 = as_real(w).detach().float()
+                ulp = torch.nextafter(as_real(w).detach(), torch.full_like(as_real(w), torch.inf)).float() - w32
+                lost += int(torch.count_nonzero(lr * (1 + item.hyper.weight_decay * w32.abs()) < ulp / 2))
+                total += w32.numel()
+            if total and lost / total > 0.5:
+                self._warned.add(id(group))
+                index = self.param_groups.index(group)
+                warnings.warn(
+                    f"lionk: {lost / total:.0%} of the {half[0].dtype} weights in param group {index} lose their steps: a step of "
+                    f"lr = {lr:.3g} is below half an ulp of those weights, and stochastic_rounding=False rounds it away (the "
+                    "weight keeps its old value). Use stochastic_rounding=True (the default), float32 weights, or a larger lr.",
+                    stacklevel=4,
+                )
 
     def _run(self, work: list[Work]) -> None:
         """Run every group's plan with its settings of this step, then count the step."""
