@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import warnings
 import math
+import warnings
 
 import pytest
 import torch
