@@ -41,3 +41,18 @@ def share_dense_layout(*tensors: Tensor) -> bool:
             return False
         expected *= first.shape[d]
     return True
+
+
+def layout_problem(t: Tensor, like: Tensor, what: str, *, overlap_allowed: bool = False) -> str | None:
+    """What keeps ``t`` (named ``what`` in the message) from matching ``like`` element for element: a layout other than
+    strided, another shape or device, or (unless allowed) memory in which one entry would hold several; None if
+    nothing does."""
+    if t.layout != torch.strided:
+        return f"{what} has layout {t.layout} (must be strided)"
+    if tuple(t.shape) != tuple(like.shape):
+        return f"{what} has shape {tuple(t.shape)}, the parameter has {tuple(like.shape)}"
+    if t.device != like.device:
+        return f"{what} is on {t.device}, the parameter on {like.device}"
+    if not overlap_allowed and t.numel() > 1 and torch._debug_has_internal_overlap(t) == 1:
+        return f"{what} has overlapping memory (strides {t.stride()}: expanded or broadcast), so one entry would hold several"
+    return None

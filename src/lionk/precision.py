@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._tensor import as_real, is_dtensor, share_dense_layout
+from ._tensor import as_real, is_dtensor, layout_problem, share_dense_layout
 
 __all__ = [
     "FloatStorage",
@@ -182,18 +182,6 @@ def store_weight(weight: Tensor, value: Tensor, bits: Tensor | None) -> None:
     store(weight, value, None if bits is None else uniform16(bits >> 16))
 
 
-def _layout_problem(t: Tensor, param: Tensor, what: str) -> str | None:
-    if t.layout != torch.strided:
-        return f"{what} has layout {t.layout} (must be strided, as the parameter)"
-    if tuple(t.shape) != tuple(param.shape):
-        return f"{what} has shape {tuple(t.shape)}, the parameter has {tuple(param.shape)}"
-    if t.device != param.device:
-        return f"{what} is on {t.device}, the parameter on {param.device}"
-    if t.numel() > 1 and torch._debug_has_internal_overlap(t) == 1:
-        return f"{what} has overlapping memory (strides {t.stride()}: expanded or broadcast), so one entry would hold several"
-    return None
-
-
 class Storage:
     """How a parameter's momentum is held in its state (the storage protocol; see the module docstring).
 
@@ -254,7 +242,7 @@ class FloatStorage(Storage):
             return f"state['exp_avg'] has dtype {m.dtype}, expected {self.dtype}"
         if m.is_complex() != param.is_complex():
             return f"state['exp_avg'] has dtype {m.dtype} for a {param.dtype} parameter"
-        return _layout_problem(m, param, "state['exp_avg']")
+        return layout_problem(m, param, "state['exp_avg']")
 
     def read(self, state: dict[str, Any], opmath: torch.dtype) -> Tensor:
         return as_real(state["exp_avg"]).to(opmath)
@@ -282,7 +270,7 @@ class Int8Storage(Storage):
             return f"state['exp_avg'] is not int8 codes ({type(codes).__name__} {getattr(codes, 'dtype', '')})"
         if not isinstance(absmax, Tensor):
             return "int8 state['exp_avg'] has no state['exp_avg_absmax'] (its block scales)"
-        layout = _layout_problem(codes, param, "state['exp_avg']")
+        layout = layout_problem(codes, param, "state['exp_avg']")
         if layout is not None:
             return layout
         if not codes.is_contiguous():

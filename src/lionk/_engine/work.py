@@ -13,9 +13,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import Tensor
 
+from .._tensor import layout_problem
 from ..kernels import Kernel, get_kernel, kernel_spec
 from ..precision import Storage, canonical_momentum_dtype, held_storage
 
@@ -183,12 +183,9 @@ def grad_problem(param: Tensor, grad: Any) -> str | None:
     RuntimeError in :func:`check_slot`."""
     if not isinstance(grad, Tensor):
         return f"its gradient is {type(grad).__name__}, not a tensor"
-    if grad.layout != torch.strided:
-        return f"its gradient has layout {grad.layout} (must be strided)"
-    if tuple(grad.shape) != tuple(param.shape):
-        return f"its gradient has shape {tuple(grad.shape)}, the parameter has {tuple(param.shape)}"
-    if grad.device != param.device:
-        return f"its gradient is on {grad.device}, the parameter on {param.device}"
+    problem = layout_problem(grad, param, "its gradient", overlap_allowed=True)  # the torch paths read any layout
+    if problem is not None:
+        return problem
     if grad.is_complex() != param.is_complex() or not (grad.is_floating_point() or grad.is_complex()):
         return f"its gradient has dtype {grad.dtype} for a {param.dtype} parameter"
     return None
