@@ -189,7 +189,8 @@ static const int lk_op_arities[LK_NOPS] = {LK_OPS(LK_OP_ARITY)};
 #endif
 
 typedef void (*lk_work_fn)(const lk_job *, int64_t, int64_t);
-typedef struct { const char *name; lk_work_fn work; int (*supported)(void); } lk_isa_entry;
+typedef void (*lk_stream_fn)(const int64_t *, int64_t, float, int64_t, int64_t);
+typedef struct { const char *name; lk_work_fn work; lk_stream_fn stream; int (*supported)(void); } lk_isa_entry;
 
 static int lk_always(void) { return 1; }
 #ifdef LK_X86
@@ -203,10 +204,10 @@ static int lk_has_avx512(void) {
 
 /* best last */
 static const lk_isa_entry lk_isas[] = {
-    {"generic", work_generic, lk_always},
+    {"generic", work_generic, stream_generic, lk_always},
 #ifdef LK_X86
-    {"avx2", work_avx2, lk_has_avx2},
-    {"avx512", work_avx512, lk_has_avx512},
+    {"avx2", work_avx2, stream_avx2, lk_has_avx2},
+    {"avx512", work_avx512, stream_avx512, lk_has_avx512},
 #endif
 };
 #define LK_NISAS ((int)(sizeof(lk_isas) / sizeof(lk_isas[0])))
@@ -255,6 +256,12 @@ void lk_step(int64_t ntensors, const int64_t *rows, const double *drows, int64_t
     const lk_job job = {ntensors, rows, drows, counts, b1, omb1, b2, omb2, flags, prog, nprog, consts, result};
     if (lk_chosen < 0) lk_chosen = lk_best();
     lk_isas[lk_chosen].work(&job, worker, nworkers);
+}
+
+/* The roof of lionk bench: one worker's share of p += g * s; m += g * s over float32 tensors (rows as lk_step's). */
+void lk_stream(const int64_t *rows, int64_t ntensors, float s, int64_t worker, int64_t nworkers) {
+    if (lk_chosen < 0) lk_chosen = lk_best();
+    lk_isas[lk_chosen].stream(rows, ntensors, s, worker, nworkers);
 }
 
 /* An importable module, so that the library is found and loaded like any part of the package. */

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -76,6 +77,8 @@ class _Library:
         lib.lk_step.restype = None
         lib.lk_step.argtypes = [i64, p, p, p, f64, f64, f64, f64, i32, p, i32, p, i32, i64, i64]
         self.step = lib.lk_step
+        lib.lk_stream.restype = None
+        lib.lk_stream.argtypes = [p, i64, ctypes.c_float, i64, i64]
         self.programs: dict[tuple[Kernel, torch.dtype], Program | str] = {}
 
     @property
@@ -225,6 +228,28 @@ def _static_rows(lib: _Library, slots: list[Slot]) -> tuple[Tensor, Tensor]:
     rows[:, lib.DTYPES] = torch.tensor([p | g << 8 | m << 16 for p, g, m in codes], dtype=torch.int64)
     rows[:, lib.FLAGS] = torch.tensor([s.key is not None for s in slots], dtype=torch.int64)  # stochastic rounding
     return rows, torch.ones(len(slots), lib.drow, dtype=torch.float64)
+
+
+def stream_roof(weights: list[Tensor], grads: list[Tensor], momenta: list[Tensor]) -> Callable[[], None]:
+    """A function that runs the roof of lionk bench once: p += g * s; m += g * s over these float32 tensors, the
+    memory traffic of a Lion step with nothing else, split across the threads as a step is."""
+    lib = library()
+    rows = torch.zeros(len(weights), lib.row, dtype=torch.int64)
+    rows[:, lib.P] = torch.tensor([t.data_ptr() for t in weights])
+    rows[:, lib.G] = torch.tensor([t.data_ptr() for t in grads])
+    rows[:, lib.M] = torch.tensor([t.data_ptr() for t in momenta])
+    rows[:, lib.NUMEL] = torch.tensor([t.numel() for t in weights])
+
+    def roof() -> None:
+        threads = max(1, torch.get_num_threads())
+        pool = _workers(threads)
+        args = (rows.data_ptr(), len(weights), 1e-9)
+        futures = [pool.submit(lib.lib.lk_stream, *args, w, threads) for w in range(1, threads)] if pool else []
+        lib.lib.lk_stream(*args, 0, threads)
+        for f in futures:
+            f.result()
+
+    return roof
 
 
 def run(slots: list[Slot], hyper: Hyper) -> None:

@@ -276,4 +276,25 @@ static void LK_FN(work)(const lk_job *job, int64_t worker, int64_t nworkers) {
     }
 }
 
+/* ---- the roof: the simplest loop with a Lion step's memory traffic (read p, g, m; write p, m; float32) -------------
+   p += g * s; m += g * s over the worker's share of the elements of all tensors: what the memory system gives the
+   step's stream pattern, measured by lionk bench in the same run. */
+static void LK_FN(stream)(const int64_t *rows, int64_t ntensors, float s, int64_t worker, int64_t nworkers) {
+    int64_t total = 0;
+    for (int64_t t = 0; t < ntensors; ++t) total += rows[t * LK_ROW + LK_NUMEL];
+    const int64_t begin = (int64_t)((__int128)total * worker / nworkers);
+    const int64_t end = (int64_t)((__int128)total * (worker + 1) / nworkers);
+    int64_t offset = 0;
+    for (int64_t t = 0; t < ntensors && offset < end; offset += rows[t * LK_ROW + LK_NUMEL], ++t) {
+        const int64_t *row = rows + t * LK_ROW, n = row[LK_NUMEL];
+        const int64_t lo = begin > offset ? begin - offset : 0, hi = end - offset < n ? end - offset : n;
+        float *restrict p = (float *)(intptr_t)row[LK_P], *restrict m = (float *)(intptr_t)row[LK_M];
+        const float *restrict g = (const float *)(intptr_t)row[LK_G];
+        for (int64_t i = lo; i < hi; ++i) {
+            p[i] += g[i] * s;
+            m[i] += g[i] * s;
+        }
+    }
+}
+
 #undef LK_FN
