@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -121,6 +122,7 @@ def test_report_marks_noisy_rows_and_a_busy_machine():
         row | {"name": ADAMW_NAME, "family": "adamw", "ms": 2.0, "roof_pct": 130.0, "noisy": False, "note": None},
     ]
     report = dict(params=1e6, dtype="float32", tensors=10, device="CPU", roof_gbs=10.0, rounds=30, results=rows, not_installed=[],
+                  threads=os.cpu_count(),
                   ideal_bytes_per_param={"lion": 20, "adamw": 28}, tolerance=0.05, other_load=0.4,
                   comparisons=[{"label": "lionk default vs torch AdamW(fused=True)", "text": "not determined: ..."}])  # fmt: skip
     text = format_report(report)

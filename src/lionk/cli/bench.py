@@ -15,8 +15,9 @@ Noise: each round times every contender once, in a rotating order, and the roof 
 taken within each round (a slow round slows both sides) and summarised by its median over the rounds,
 with a 95% confidence interval from the order statistics of the per-round ratios. Rounds go on past
 --rounds until every verdict's interval lies within +-tolerance of its median, or --max-rounds is
-reached. A verdict whose interval stays wider is printed as "not determined", one whose interval
-contains 1 as "no measurable difference"; rows whose own timing is that noisy are marked.
+reached. Only such a verdict gets a factor ("1.21x faster", or "no measurable difference" when its
+interval contains 1); a wider one says only the direction when its interval excludes 1, and "not
+determined" otherwise. Rows whose own median is that uncertain are marked with *.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import torch
 from .. import Lion, state_bytes
 from . import CLIError
 from .checks import integer, number, output_file
-from .machine import CONTENDED, OtherLoad, cpu_name
+from .machine import OtherLoad, contended, cpu_name
 
 LION_LR, ADAMW_LR = 1e-5, 1e-5  # tiny steps keep the shared parameters finite through many rounds
 TRITON_NAME = "lionk fused (Triton)"
@@ -425,7 +426,7 @@ def format_report(report: dict) -> str:
             "the roof (a parameter set that fits in cache does, or that add is not the fastest way to stream memory here)"
         )
     load = report.get("other_load")
-    if load is not None and load > CONTENDED:
+    if contended(load, report["threads"]):
         notes.append(f"other work took {load:.0%} of this machine's CPU time during the rounds: every timing here is contended")
     lines += [*notes, ""]
     lines += [f"{v['label']}: {v['text']}" for v in report["comparisons"]]
@@ -492,30 +493,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--size", default="50M", help="parameters in the GPT-like set, e.g. 50M or 200k (default 50M)")
-    parser.add_argument("--layers", type=int, default=8, help="transformer blocks: 12*layers+4 tensors (default 8 -> 100 tensors)")
+    parser.add_argument("--size", default="50M", metavar="SIZE", help="parameters in the GPT-like set, e.g. 50M or 200k (default 50M)")
+    parser.add_argument(
+        "--layers", type=int, default=8, metavar="N", help="transformer blocks: 12*layers+4 tensors (default 8 -> 100 tensors)"
+    )
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype of the parameters and gradients (default float32)")
     parser.add_argument(
         "--device",
+        metavar="DEVICE",
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="cpu or cuda[:N] (default: cuda where available, else cpu)",
     )
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved timed rounds at least (default 15)")
+    parser.add_argument("--rounds", type=int, default=15, metavar="N", help="interleaved timed rounds at least (default 15)")
     parser.add_argument(
-        "--max-rounds", type=int, default=30, help="rounds at most, while a verdict is less certain than --tolerance (default 30)"
+        "--max-rounds",
+        type=int,
+        default=30,
+        metavar="N",
+        help="rounds at most, while a verdict is wider than --tolerance (default 30)",
     )
     parser.add_argument(
         "--tolerance",
         type=float,
+        metavar="X",
         default=0.05,
         help="half-width of a verdict's 95%% interval, relative to its median, below which it is printed (default 0.05)",
     )
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per contender first (default 2)")
+    parser.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed steps per contender first (default 2)")
     parser.add_argument(
         "--small-tensors",
         metavar="SIZE",
         help="instead of the GPT-like set, split --size into tensors of SIZE elements (e.g. 4k: the many-small-tensors case)",
     )
-    parser.add_argument("--roof-size", default="64M", help="elements of each roof tensor (default 64M)")
+    parser.add_argument("--roof-size", default="64M", metavar="SIZE", help="elements of each roof tensor (default 64M)")
     parser.add_argument("--json", metavar="PATH", help="also write every figure as JSON to this file (its directory is created)")
     parser.set_defaults(func=run)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 from ._deps import pyplot, require
 from .checks import integer, output_dir
 from .data import load_corpus
-from .machine import CONTENDED, machine
+from .machine import contended, machine
 from .training import OPTION_HELP, RunResult, Settings, hyperparameters, initial_state, parse_optims, prepare_fused_kernel, train
 
 #: --quick's task: a tiny model and short runs (explicit flags still win).
@@ -37,27 +38,51 @@ def add_task_arguments(parser: argparse.ArgumentParser, *, steps: int, eval_inte
     d = Settings()
     q = QUICK
     parser.add_argument("--data", metavar="FILE", help="a UTF-8 text file to train on (default: source of this Python's standard library)")
-    parser.add_argument("--steps", type=int, default=steps, help=f"optimizer steps per run (default {steps})")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"sequences per batch (default {d.batch_size})")
-    parser.add_argument("--block-size", type=int, default=d.block_size, help=f"context length in characters (default {d.block_size})")
-    parser.add_argument("--n-layer", type=int, default=d.n_layer, help=f"transformer blocks (default {d.n_layer})")
-    parser.add_argument("--n-head", type=int, default=d.n_head, help=f"attention heads; must divide --n-embd (default {d.n_head})")
-    parser.add_argument("--n-embd", type=int, default=d.n_embd, help=f"model width (default {d.n_embd})")
-    parser.add_argument("--lr", type=float, default=d.adamw_lr, help=f"AdamW's peak lr, > 0; Lion's is lr/factor (default {d.adamw_lr:g})")
+    parser.add_argument("--steps", type=int, metavar="N", default=steps, help=f"optimizer steps per run (default {steps})")
+    parser.add_argument("--batch-size", type=int, metavar="N", default=d.batch_size, help=f"sequences per batch (default {d.batch_size})")
     parser.add_argument(
-        "--weight-decay", type=float, default=d.adamw_wd, help=f"AdamW's weight decay, >= 0; Lion's is wd*factor (default {d.adamw_wd:g})"
+        "--block-size", type=int, metavar="N", default=d.block_size, help=f"context length in characters (default {d.block_size})"
     )
-    parser.add_argument("--factor", type=float, default=d.factor, help=f"the from_adamw factor, > 0 (default {d.factor:g})")
-    parser.add_argument("--warmup", type=int, default=d.warmup, help=f"linear warm-up steps, >= 0 (default {d.warmup})")
+    parser.add_argument("--n-layer", type=int, metavar="N", default=d.n_layer, help=f"transformer blocks (default {d.n_layer})")
     parser.add_argument(
-        "--grad-clip", type=float, default=d.grad_clip, help=f"global gradient-norm clip, >= 0; 0 = none (default {d.grad_clip:g})"
+        "--n-head", type=int, metavar="N", default=d.n_head, help=f"attention heads; must divide --n-embd (default {d.n_head})"
     )
-    parser.add_argument("--eval-interval", type=int, default=eval_interval, help=f"steps between loss estimates (default {eval_interval})")
+    parser.add_argument("--n-embd", type=int, metavar="N", default=d.n_embd, help=f"model width (default {d.n_embd})")
     parser.add_argument(
-        "--eval-iters", type=int, default=d.eval_iters, help=f"batches per loss estimate and split (default {d.eval_iters})"
+        "--lr", type=float, metavar="X", default=d.adamw_lr, help=f"AdamW's peak lr, > 0; Lion's is lr/factor (default {d.adamw_lr:g})"
     )
-    parser.add_argument("--seed", type=int, default=d.seed, help=f"seed of the initial weights and of the batches (default {d.seed})")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--weight-decay",
+        type=float,
+        metavar="X",
+        default=d.adamw_wd,
+        help=f"AdamW's weight decay, >= 0; Lion's is wd*factor (default {d.adamw_wd:g})",
+    )
+    parser.add_argument("--factor", type=float, metavar="X", default=d.factor, help=f"the from_adamw factor, > 0 (default {d.factor:g})")
+    parser.add_argument("--warmup", type=int, metavar="N", default=d.warmup, help=f"linear warm-up steps, >= 0 (default {d.warmup})")
+    parser.add_argument(
+        "--grad-clip",
+        type=float,
+        metavar="X",
+        default=d.grad_clip,
+        help=f"global gradient-norm clip, >= 0; 0 = none (default {d.grad_clip:g})",
+    )
+    parser.add_argument(
+        "--eval-interval", type=int, metavar="N", default=eval_interval, help=f"steps between loss estimates (default {eval_interval})"
+    )
+    parser.add_argument(
+        "--eval-iters", type=int, metavar="N", default=d.eval_iters, help=f"batches per loss estimate and split (default {d.eval_iters})"
+    )
+    parser.add_argument(
+        "--seed", type=int, metavar="N", default=d.seed, help=f"seed of the initial weights and of the batches (default {d.seed})"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads (default: torch's choice, one per CPU); on a machine shared with other work, "
+        "fewer threads than the free CPUs keep the speed figures meaningful",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -121,7 +146,7 @@ def _share(value: float | None) -> str:
 
 
 def format_table(results: list[RunResult]) -> str:
-    """The results table, with a note under it when other work took more than CONTENDED of the machine in some run."""
+    """The results table, with a note under it when other work competed for this process's CPUs in some run."""
     width = max(28, *(len(r.label) for r in results))
     header = (
         f"{'optimizer':<{width}} {'train':>7} {'val':>7} {'tokens/s':>9} {'opt step ms':>11} {'state bytes':>11} "
@@ -133,12 +158,12 @@ def format_table(results: list[RunResult]) -> str:
             f"{r.label:<{width}} {r.final_train:>7.4f} {r.final_val:>7.4f} {r.tokens_per_s:>9.0f} {r.optimizer_step_ms:>11.3f} "
             f"{r.state_bytes:>11,d} {r.peak_rss_mb:>11.0f} {_share(r.other_load):>10}"
         )
-    busy = [r for r in results if r.other_load is not None and r.other_load > CONTENDED]
+    busy = [r for r in results if contended(r.other_load, torch.get_num_threads())]
     if busy:
         lines.append(
             f"note: other work took {', '.join(f'{_share(r.other_load)} ({r.label})' for r in busy)} of this machine's CPU time "
-            "during these runs: tokens/s and step times are contended, not comparable between runs; rerun on a quiet machine "
-            "to compare speed (the losses are not affected)"
+            "during these runs: tokens/s and step times are contended, not comparable between runs (the losses are not "
+            "affected); to compare speed, rerun on a quiet machine or with fewer --threads than the CPUs other work leaves free"
         )
     elif all(r.other_load is None for r in results):
         lines.append("note: tokens/s and step times are wall-clock; this platform does not say how busy the machine was")
@@ -230,12 +255,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def optim_help() -> str:
-    keys = "; ".join(f"{key}: {text}" for key, text in OPTION_HELP.items())
-    return (
-        "comma-separated optimizers lion, lionsf (schedule-free Lion) and adamw, each name[:key=value...]. "
-        f"Keys: {keys}. Example: lion,lion:kernel=huber(a=0.5):lr=1e-4,lionsf:mode=averaging,adamw (default lion,adamw)"
-    )
+def optim_keys() -> str:
+    """The --optim keys and their values, as an aligned list for the end of --help."""
+    width = max(len(key) for key in OPTION_HELP)
+    lines = ["--optim entries are name:key=value:key=value..., e.g. lion,lion:kernel=huber(a=0.5):lr=1e-4,lionsf:mode=averaging,adamw"]
+    for key, text in OPTION_HELP.items():
+        lines += textwrap.wrap(text, 100, initial_indent=f"  {key:<{width}}  ", subsequent_indent=" " * (width + 4))
+    return "\n".join(lines)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -243,14 +269,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compare",
         help="train a small character-level GPT with several optimizers",
         description=__doc__,
+        epilog=optim_keys(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--optim", default="lion,adamw", metavar="SPECS", help=optim_help())
+    parser.add_argument(
+        "--optim",
+        default="lion,adamw",
+        metavar="SPECS",
+        help="comma-separated optimizers lion, lionsf (schedule-free Lion) and adamw, each with options (see the keys below; "
+        "default lion,adamw)",
+    )
     add_task_arguments(
         parser,
         steps=1000,
         eval_interval=250,
-        quick_help="2 runs, about 15 s on 2 CPU cores",
+        quick_help="2 runs, about 10 s on 2 quiet CPU cores",
         out_help="directory for compare.png and compare.json, created if missing (default: the current directory)",
     )
     parser.set_defaults(func=run, parser_defaults={a.dest: a.default for a in parser._actions})

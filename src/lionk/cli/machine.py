@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["CONTENDED", "OtherLoad", "machine", "cpu_name"]
+__all__ = ["CONTENDED", "OtherLoad", "contended", "machine", "cpu_name"]
 
-#: Share of the machine's CPU time taken by other work above which speed figures are called contended.
+#: Share of the machine's CPU time that other work may take from the CPUs a measurement needs before its speed
+#: figures are called contended.
 CONTENDED = 0.10
 
 _STAT = Path("/proc/stat")
@@ -57,6 +58,15 @@ class OtherLoad:
         steal = end[1] - self._counters[1]
         ours = time.process_time() - self._ours
         return min(max((busy - ours + steal) / (wall * (os.cpu_count() or 1)), 0.0), 1.0)
+
+
+def contended(other_load: float | None, threads: int) -> bool:
+    """Whether other work took more than CONTENDED of the machine's CPU time beyond the CPUs that ``threads``
+    threads leave free (False where the load is unknown)."""
+    if other_load is None:
+        return False
+    cpus = os.cpu_count() or 1
+    return other_load * cpus > max(cpus - threads, 0) + CONTENDED * cpus
 
 
 def cpu_name() -> str:

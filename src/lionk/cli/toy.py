@@ -256,12 +256,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--steps", type=int, default=3000, help="steps per run (default 3000)")
-    parser.add_argument("--lr", type=float, default=0.02, help="peak lr, > 0, cosine-decayed to 0 (default 0.02)")
-    parser.add_argument("--wd", type=float, default=1.0, help="weight decay, > 0 with lr*wd <= 1: the set's radius is 1/wd (default 1)")
-    parser.add_argument("--beta1", type=float, default=0.9, help="Lion's beta1, in [0, 1) (default 0.9)")
-    parser.add_argument("--beta2", type=float, default=0.99, help="Lion's beta2, in [0, 1) (default 0.99)")
-    parser.add_argument("--tol", type=float, default=1e-3, help="excess below which an iterate counts as inside, > 0 (default 1e-3)")
+    parser.add_argument("--steps", type=int, default=3000, metavar="N", help="steps per run (default 3000)")
+    parser.add_argument("--lr", type=float, metavar="X", default=0.02, help="peak lr, > 0, cosine-decayed to 0 (default 0.02)")
+    parser.add_argument(
+        "--wd", type=float, metavar="X", default=1.0, help="weight decay, > 0 with lr*wd <= 1: the set's radius is 1/wd (default 1)"
+    )
+    parser.add_argument("--beta1", type=float, metavar="X", default=0.9, help="Lion's beta1, in [0, 1) (default 0.9)")
+    parser.add_argument("--beta2", type=float, metavar="X", default=0.99, help="Lion's beta2, in [0, 1) (default 0.99)")
+    parser.add_argument(
+        "--tol", type=float, metavar="X", default=1e-3, help="excess below which an iterate counts as inside, > 0 (default 1e-3)"
+    )
     parser.add_argument(
         "--out", default=".", metavar="DIR", help="directory for toy.png, created if missing (default: the current directory)"
     )
