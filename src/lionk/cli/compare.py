@@ -177,7 +177,7 @@ def _fmt(value: float | None, spec: str) -> str:
 def format_diagnostics(results: list[RunResult]) -> str:
     """One row per Lion run and param group: the constraint and how the weights sit in it (lionk.diagnostics)."""
     runs = [r for r in results if r.diagnostics]
-    width = max(len(r.label) for r in runs)
+    width = max(len("optimizer"), *(len(r.label) for r in runs))
     lines = [
         "constraint diagnostics at the end (lionk.diagnostics): with weight decay wd, Lion keeps every weight in |wd*x| <= 1;",
         "'at boundary' is the share of weights with |wd*x| >= 0.99, S the stationarity score per weight (0 at a constrained optimum)",
