@@ -257,6 +257,7 @@ def test_optim_strings(capsys, files, optim, fragment):
         (["--layers", "0"], "invalid --layers 0"),
         (["--tolerance", "0"], "invalid --tolerance 0"),
         (["--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
+        (["--size", "100G"], "GB is free: give a smaller --size"),
     ],
 )
 def test_bench_arguments(capsys, argv, fragment):

@@ -43,7 +43,7 @@ import torch
 from .. import Lion, state_bytes
 from . import CLIError
 from .checks import integer, number, output_file
-from .machine import OtherLoad, contended, cpu_name
+from .machine import OtherLoad, available_bytes, contended, cpu_name
 
 LION_LR, ADAMW_LR = 1e-5, 1e-5  # tiny steps keep the shared parameters finite through many rounds
 TRITON_NAME = "lionk fused (Triton)"
@@ -435,6 +435,17 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def needed_bytes(n_params: int, dtype: torch.dtype, device: torch.device, roof_elements: int) -> int:
+    """About how much memory the bench holds at once: parameters and gradients, every contender's state (two
+    buffers for AdamW, one for a Lion, less for low-bit storage), a parameter-sized temporary, and the roof tensors."""
+    elt = torch.empty((), dtype=dtype).element_size()
+    state = 0
+    for c in _contenders(device, dtype)[0]:
+        per_param = {torch.int8: 1 + 4 / 256, torch.bfloat16: 2}.get(c.storage, elt)
+        state += (2 * elt if c.family == "adamw" else per_param) * n_params
+    return int(3 * elt * n_params + state + 2 * 4 * roof_elements)
+
+
 def _device(text: str) -> torch.device:
     """The --device: cpu, or cuda[:N] where this torch sees that GPU."""
     try:
@@ -461,6 +472,13 @@ def run(args: argparse.Namespace) -> int:
     size = parse_size(args.size)
     roof = parse_size(args.roof_size, "--roof-size")
     small = None if args.small_tensors is None else parse_size(args.small_tensors, "--small-tensors")
+    n_params = sum(math.prod(shape) for shape in (gpt_shapes(size, args.layers) if small is None else small_shapes(size, small)))
+    needed, free = needed_bytes(n_params, DTYPES[args.dtype], device, roof), available_bytes(device)
+    if free is not None and needed > free:
+        raise CLIError(
+            f"--size {args.size} (and --roof-size {args.roof_size}) need about {needed / 1e9:.1f} GB on {device.type}, "
+            f"{free / 1e9:.1f} GB is free: give a smaller --size"
+        )
     json_path = None if args.json is None else output_file(args.json, "--json")
     progress = _Progress()
     try:

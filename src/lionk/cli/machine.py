@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CONTENDED", "OtherLoad", "contended", "machine", "cpu_name"]
+__all__ = ["CONTENDED", "OtherLoad", "available_bytes", "contended", "machine", "cpu_name"]
 
 #: Share of the machine's CPU time that other work may take from the CPUs a measurement needs before its speed
 #: figures are called contended.
@@ -67,6 +67,19 @@ def contended(other_load: float | None, threads: int) -> bool:
         return False
     cpus = os.cpu_count() or 1
     return other_load * cpus > max(cpus - threads, 0) + CONTENDED * cpus
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Memory a new allocation can use on ``device``: free GPU memory, or Linux's MemAvailable; None where unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def cpu_name() -> str:
