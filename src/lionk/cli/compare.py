@@ -235,7 +235,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(results))
     if any(r.diagnostics for r in results):
         print("\n" + format_diagnostics(results))
-    title = f"{Path(corpus.source).name if args.data else 'python-stdlib'}: {settings.steps} steps, batch {settings.batch_size}"
+    source = Path(corpus.source).name if args.data else "python-stdlib"
+    title = f"{source}: model {settings.n_layer}x{settings.n_embd}, {settings.steps} steps at batch {settings.batch_size}"
     png, js = out / "compare.png", out / "compare.json"
     plot_curves(results, title, png, "compare")
     report = {
