@@ -3,7 +3,7 @@
 timm's ``param_groups_weight_decay`` puts every 1-d parameter (biases, norm scales and shifts) and
 the names a model lists in ``no_weight_decay()`` in a group with ``weight_decay=0``. With Lion the
 decay matters more than with AdamW: it sets the box ``|x| <= 1/weight_decay`` that Lion keeps each
-weight in (REFERENCE section 2), which makes no sense for a norm's scale or a bias.
+weight in (Chen, Liu, Liang, Liu, ICLR 2024), which makes no sense for a norm's scale or a bias.
 
     python examples/param_groups.py
 """

@@ -1,3 +1,5 @@
+"""``python -m lionk.cli``: the ``lionk`` command."""
+
 import sys
 
 from lionk.cli import main

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from . import CLIError
 
-__all__ = ["STDLIB_BUDGET", "VAL_FRACTION", "Corpus", "load_corpus", "stdlib_text"]
+__all__ = ["STDLIB_BUDGET", "VAL_FRACTION", "Corpus", "load_corpus", "read_text_file", "stdlib_text"]
 
 #: Characters of standard-library source in the default corpus (about the size of tiny shakespeare).
 STDLIB_BUDGET = 1_000_000
@@ -73,17 +73,36 @@ class Corpus:
         return windows[:, :-1], windows[:, 1:]
 
 
+def read_text_file(path: str) -> str:
+    """The contents of ``path``, which must be a regular file of UTF-8 text (no NUL bytes); else CLIError."""
+    file = Path(path)
+    if not file.exists():
+        raise CLIError(f"--data {path}: file not found")
+    if file.is_dir():
+        raise CLIError(f"--data {path}: is a directory, not a UTF-8 text file")
+    if not file.is_file():
+        raise CLIError(f"--data {path}: is not a regular file (a UTF-8 text file is needed)")
+    try:
+        raw = file.read_bytes()
+    except OSError as err:
+        raise CLIError(f"--data {path}: cannot be read ({err.strerror or type(err).__name__})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CLIError(f"--data {path}: is not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start})") from None
+    if "\x00" in text:
+        raise CLIError(f"--data {path}: contains NUL bytes (a binary file, not text)")
+    return text
+
+
 def load_corpus(path: str | None) -> Corpus:
-    """Read ``path`` (any UTF-8 text file) or, when None, the standard-library corpus; encode and split it."""
+    """Read ``path`` (a UTF-8 text file) or, when None, the standard-library corpus; encode and split it."""
     if path is None:
         text, source = stdlib_text(), f"python-stdlib ({STDLIB_BUDGET} chars from {sysconfig.get_paths()['stdlib']})"
     else:
-        file = Path(path)
-        if not file.is_file():
-            raise CLIError(f"data file not found: {path}")
-        text, source = file.read_text(encoding="utf-8", errors="replace"), str(path)
+        text, source = read_text_file(path), str(path)
     if len(text) < 2:
-        raise CLIError(f"corpus {source} is empty")
+        raise CLIError(f"--data {source}: has fewer than 2 characters")
     chars = "".join(sorted(set(text)))
     index = {ch: i for i, ch in enumerate(chars)}
     ids = torch.tensor([index[ch] for ch in text], dtype=torch.int64)

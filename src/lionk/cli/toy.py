@@ -1,25 +1,25 @@
-r"""``lionk toy``: Lion-K on a 2-D convex problem whose unconstrained minimum lies outside the constraint set.
+"""lionk toy: Lion-K on a 2-D convex problem whose unconstrained minimum lies outside the constraint set.
 
-The problem is :math:`f(x) = \tfrac12 (x-a)^\top H (x-a)` with diagonal :math:`H`. Lion-K with weight decay
-:math:`\lambda` and a decaying lr converges to the minimiser of
+The problem is f(x) = 1/2 (x-a)^T H (x-a) with a diagonal H. Lion-K with weight decay wd and a decaying
+lr converges to the minimiser x* of
 
-.. math::
-    F(x) = f(x) + \tfrac{1}{\lambda} K^*(\lambda x),
+    F(x) = f(x) + (1/wd) K*(wd x),
 
-whose optimality condition is :math:`\lambda x = \nabla K(c)` with :math:`c = -\nabla f(x) = H(a - x)`.
+whose optimality condition is wd x = grad K(c) with c = -grad f(x) = H (a - x).
 
-* Elementwise K (sign, quadratic, Huber, relativistic): the condition splits into one equation per coordinate,
-  :math:`g(x_i) = \lambda x_i - k'(h_i(a_i - x_i)) = 0`, with :math:`g` increasing (:math:`k'` is monotone), so
-  bisection between 0 and :math:`a_i` finds the root (for sign it is :math:`\mathrm{clip}(a_i, \pm 1/\lambda)`).
-* :math:`K = \|\cdot\|_2` (kernel ``l2``): :math:`\min f` subject to :math:`\|x\|_2 \le 1/\lambda`; outside the
-  ball the KKT point is :math:`x = (H + \mu I)^{-1} H a` with :math:`\mu \ge 0` found by bisection on
-  :math:`\|x\|_2 = 1/\lambda`.
+* Elementwise K (sign, quadratic, Huber, relativistic): the condition splits into one equation per
+  coordinate, g(x_i) = wd x_i - k'(h_i (a_i - x_i)) = 0 with g increasing, so bisection between 0 and
+  a_i finds the root (for sign it is clip(a_i, -1/wd, 1/wd)).
+* K = ||.||_2 (kernel l2): min f subject to ||x||_2 <= 1/wd; outside the ball the KKT point is
+  x = (H + mu I)^-1 H a, with mu >= 0 found by bisection on ||x||_2 = 1/wd.
 
-Phase 1 of the analysis: when :math:`\|\nabla K\| \le 1` in the dual norm of the set's norm (box for sign,
-Huber, relativistic; ball for l2), the excess :math:`e_t = \max(\|x_t\| - 1/\lambda, 0)` obeys
-:math:`e_t \le \prod_{s<t}(1 - \eta_s\lambda)\, e_0`. The table compares the steps the run takes to bring
-:math:`e_t` below ``--tol`` with the steps that bound needs. The quadratic kernel has no constraint set
-(its conjugate is a penalty), so it has no phase 1.
+Phase 1 of the analysis: when the kernel's set is a box (sign, Huber, relativistic) or a ball (l2), the
+excess e_t = max(||x_t|| - 1/wd, 0) obeys e_t <= prod_{s<t} (1 - lr_s wd) e_0. The table compares the
+steps a run takes to bring e_t below --tol with the steps that bound needs. The quadratic kernel has no
+constraint set (its conjugate is a penalty), so it has no phase 1.
+
+Writes toy.png: each kernel's trajectories over the contours of f with its set, and the excess e_t of
+each run against the bound.
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ from ..kernels import Kernel, LpNorm, get_kernel
 from ..optimizer import Lion
 from . import CLIError
 from ._deps import pyplot
-from .compare import output_dir
+from .checks import integer, number, output_dir
 
 #: (label, kernel spec, norm of the constraint set or None)
 KERNELS = (
     ("sign (Lion)", "sign", math.inf),
-    ('LpNorm(2) "l2"', "l2", 2.0),
+    ("l2 (LpNorm p=2)", "l2", 2.0),
     ("quadratic", "quadratic", None),
     ("Huber a=1", "huber(a=1.0)", math.inf),
     ("relativistic a=1", "relativistic(a=1.0)", math.inf),
@@ -140,42 +140,88 @@ def _fmt(v: tuple[float, ...] | torch.Tensor) -> str:
     return "(" + ", ".join(f"{float(x):+.4f}" for x in v) + ")"
 
 
+_SET_LABEL = {math.inf: r"set $\|x\|_\infty \leq 1/wd$ (a box)", 2.0: r"set $\|x\|_2 \leq 1/wd$ (a ball)"}
+
+
+def _legend_below(ax) -> None:
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=9, frameon=False)
+
+
 def plot(results, optima, args: argparse.Namespace, path: Path) -> None:
+    """One panel per kernel (trajectories over the contours of f, its set, argmin f and x*), and a sixth panel
+    with each constrained run's excess e_t from the slowest start against the phase-1 bound."""
     plt = pyplot("toy")
-    fig, axes = plt.subplots(1, len(results), figsize=(4 * len(results), 4.2))
+    fig, axes = plt.subplots(2, 3, figsize=(13, 10.5), layout="constrained")
     lim = 3.5
     grid = torch.linspace(-lim, lim, 201, dtype=torch.float64)
     gx, gy = torch.meshgrid(grid, grid, indexing="xy")
     fval = 0.5 * (H[0] * (gx - A[0]) ** 2 + H[1] * (gy - A[1]) ** 2)
     r = 1.0 / args.wd
-    for ax, (label, _, norm), trajs, opt in zip(axes, KERNELS, results, optima):
-        ax.contour(gx.numpy(), gy.numpy(), fval.numpy(), levels=20, colors="0.75", linewidths=0.6)
+    colours = ["C0", "C1", "C2", "C4", "C6"]  # one per start; red is the theory's (set and x*)
+    for ax, (label, _, norm), trajs, opt in zip(axes.flat, KERNELS, results, optima):
+        ax.contour(gx.numpy(), gy.numpy(), fval.numpy(), levels=20, colors="0.8", linewidths=0.6)
         if norm == math.inf:
-            ax.add_patch(plt.Rectangle((-r, -r), 2 * r, 2 * r, fill=False, ec="tab:red", lw=1.5, label="||x||_inf <= 1/wd"))
+            ax.add_patch(plt.Rectangle((-r, -r), 2 * r, 2 * r, fill=False, ec="tab:red", lw=1.6, label=_SET_LABEL[norm]))
         elif norm == 2.0:
-            ax.add_patch(plt.Circle((0, 0), r, fill=False, ec="tab:red", lw=1.5, label="||x||_2 <= 1/wd"))
-        for traj in trajs:
+            ax.add_patch(plt.Circle((0, 0), r, fill=False, ec="tab:red", lw=1.6, label=_SET_LABEL[norm]))
+        for traj, colour in zip(trajs, colours):
             pts = traj.points.numpy()
-            ax.plot(pts[:, 0], pts[:, 1], lw=1)
-            ax.plot(*pts[0], "o", ms=4, color="k")
-        ax.plot(*A, "x", color="k", ms=8, label="argmin f")
-        ax.plot(*opt, "*", color="tab:red", ms=12, label="argmin f + K*(wd x)/wd")
-        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", title=label)
-    axes[0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"Lion-K on f = 1/2 (x-a)^T H (x-a), a = {A}, H = diag{H}, wd = {args.wd:g}, lr {args.lr:g} cosine to 0", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
+            ax.plot(pts[:, 0], pts[:, 1], lw=1.2, color=colour)
+            ax.plot(*pts[0], "o", ms=5, color=colour)
+        ax.plot([], [], "o-", color="0.4", ms=5, lw=1.2, label="a path per start (dot)")
+        ax.plot(*A, "x", color="k", ms=9, mew=2, label="argmin f")
+        ax.plot(*opt, "*", color="tab:red", ms=14, mec="k", label=r"$x^*$ = argmin f + K*(wd x)/wd")
+        what = "no constraint set: a penalty" if norm is None else ("box" if norm == math.inf else "ball")
+        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", title=f"{label}: {what}", xlabel="x1", ylabel="x2")
+        _legend_below(ax)
+    _plot_phase1(axes.flat[len(KERNELS)], results, args)
+    fig.suptitle(f"Lion-K on f(x) = 1/2 (x-a)^T H (x-a), a = {A}, H = diag{H}; wd = {args.wd:g}, lr {args.lr:g} cosine to 0, "
+                 f"{args.steps} steps")  # fmt: skip
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
+def _plot_phase1(ax, results, args: argparse.Namespace) -> None:
+    """Excess e_t from the start slowest to enter the sets, per constrained kernel, against prod (1 - lr_s wd) e_0."""
+    decay = [1.0]
+    for t in range(args.steps):
+        decay.append(decay[-1] * (1.0 - lr_schedule(t, args.lr, args.steps) * args.wd))
+    decay_t = torch.tensor(decay, dtype=torch.float64)
+    constrained = [trajs for (_, _, norm), trajs in zip(KERNELS, results) if norm is not None]
+    far = max(range(len(STARTS)), key=lambda i: max(trajs[i].steps_in or 0 for trajs in constrained))
+    last = 1
+    bounds_drawn = set()
+    for (label, _, norm), trajs in zip(KERNELS, results):
+        if norm is None:
+            continue
+        excess = _excess(trajs[far].points, norm, args.wd)
+        steps = torch.arange(len(excess))
+        shown = excess > args.tol / 10
+        ax.plot(steps[shown].numpy(), excess[shown].numpy(), lw=1.5, label=label)
+        if norm not in bounds_drawn:
+            bounds_drawn.add(norm)
+            bound = decay_t * excess[0]
+            ax.plot(steps.numpy(), bound.numpy(), "--", color="k" if norm == math.inf else "0.5", lw=1.2,
+                    label=f"bound, {'box' if norm == math.inf else 'ball'}")  # fmt: skip
+            within = (bound <= args.tol).nonzero()
+            last = max(last, int(within[0]) if len(within) else args.steps)
+    ax.axhline(args.tol, color="tab:red", lw=0.8, ls=":", label=f"--tol {args.tol:g}")
+    ax.set(yscale="log", xlim=(0, min(args.steps, int(1.3 * last))), ylim=(args.tol / 10, None), xlabel="step t",
+           ylabel="excess e_t = max(||x_t|| - 1/wd, 0)", title=f"phase 1, start {STARTS[far]}: excess vs bound")  # fmt: skip
+    ax.grid(alpha=0.3)
+    _legend_below(ax)
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.steps <= 0:
-        raise CLIError(f"invalid --steps: {args.steps} (must be > 0)")
-    if not (args.lr > 0 and args.wd > 0 and args.lr * args.wd <= 1):
-        raise CLIError(f"invalid --lr {args.lr} / --wd {args.wd} (need lr > 0, wd > 0 and lr*wd <= 1)")
-    if not args.tol > 0:
-        raise CLIError(f"invalid --tol: {args.tol} (must be > 0)")
-    out = output_dir(args.out)
+    integer("--steps", args.steps, 1)
+    number("--lr", args.lr, 0.0, low_open=True)
+    number("--wd", args.wd, 0.0, low_open=True)
+    if args.lr * args.wd > 1:
+        raise CLIError(f"invalid --lr {args.lr:g} with --wd {args.wd:g}: need lr*wd <= 1 (each step multiplies x by 1 - lr*wd)")
+    number("--beta1", args.beta1, 0.0, 1.0, high_open=True)
+    number("--beta2", args.beta2, 0.0, 1.0, high_open=True)
+    number("--tol", args.tol, 0.0, low_open=True)
+    out = output_dir(args.out, ("toy.png",))
     pyplot("toy")  # fail early when matplotlib is missing
     results, optima = [], []
     print(f"f(x) = 1/2 (x-a)^T H (x-a), a = {A}, H = diag{H}; wd = {args.wd:g}, lr = {args.lr:g} (cosine to 0), {args.steps} steps")
@@ -204,12 +250,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("toy", help="Lion-K trajectories on a 2-D constrained toy problem", description=__doc__)
-    parser.add_argument("--steps", type=int, default=3000, help="steps per run (default 3000)")
-    parser.add_argument("--lr", type=float, default=0.02, help="peak lr, cosine-decayed to 0 (default 0.02)")
-    parser.add_argument("--wd", type=float, default=1.0, help="weight decay: the constraint radius is 1/wd (default 1)")
-    parser.add_argument("--beta1", type=float, default=0.9)
-    parser.add_argument("--beta2", type=float, default=0.99)
-    parser.add_argument("--tol", type=float, default=1e-3, help="excess below which an iterate counts as inside (default 1e-3)")
-    parser.add_argument("--out", default=".", metavar="DIR", help="directory for toy.png (default: current directory)")
+    parser = subparsers.add_parser(
+        "toy",
+        help="Lion-K trajectories on a 2-D constrained toy problem",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--steps", type=int, default=3000, metavar="N", help="steps per run (default 3000)")
+    parser.add_argument("--lr", type=float, metavar="X", default=0.02, help="peak lr, > 0, cosine-decayed to 0 (default 0.02)")
+    parser.add_argument(
+        "--wd", type=float, metavar="X", default=1.0, help="weight decay, > 0 with lr*wd <= 1: the set's radius is 1/wd (default 1)"
+    )
+    parser.add_argument("--beta1", type=float, metavar="X", default=0.9, help="Lion's beta1, in [0, 1) (default 0.9)")
+    parser.add_argument("--beta2", type=float, metavar="X", default=0.99, help="Lion's beta2, in [0, 1) (default 0.99)")
+    parser.add_argument(
+        "--tol", type=float, metavar="X", default=1e-3, help="excess below which an iterate counts as inside, > 0 (default 1e-3)"
+    )
+    parser.add_argument(
+        "--out", default=".", metavar="DIR", help="directory for toy.png, created if missing (default: the current directory)"
+    )
     parser.set_defaults(func=run)

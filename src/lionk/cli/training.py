@@ -1,16 +1,14 @@
-r"""The training loop shared by ``compare`` and ``sweep``: optimizer specs, nanoGPT's schedule, one measured run.
+"""The training loop shared by compare and sweep: optimizer specs, nanoGPT's schedule, one measured run.
 
-Schedule (nanoGPT's ``get_lr``), for a peak lr :math:`\eta`, floor :math:`\eta_{min} = \rho\eta`, ``W`` warm-up
-steps and ``T`` total steps:
+Schedule (nanoGPT's get_lr), for a peak lr, a floor min_lr = min_lr_ratio * lr, W warm-up steps and T steps:
+lr_t = lr * (t+1)/(W+1) for t < W, then min_lr + (1 + cos(pi (t-W)/(T-W)))/2 * (lr - min_lr).
 
-.. math::
-    \eta_t = \eta\,\frac{t+1}{W+1} \ (t < W), \qquad
-    \eta_t = \eta_{min} + \tfrac12\bigl(1 + \cos(\pi\,\tfrac{t-W}{T-W})\bigr)(\eta - \eta_{min}) \ (t \ge W).
-
-Weight decay goes to 2-D (and larger) tensors only, as nanoGPT's ``configure_optimizers`` does; layer norms and
-biases are not decayed. Gradients are clipped to global norm ``grad_clip`` before each step. Every run starts
-from the same initial weights and draws the same batches (a generator seeded with ``seed``), so optimizers
-differ only in their updates. The loss estimate is the mean over ``eval_iters`` batches of each split.
+Weight decay goes to 2-D (and larger) tensors only, as nanoGPT's configure_optimizers does; layer norms and
+biases are not decayed. Gradients are clipped to global norm grad_clip before each step. Every run starts
+from the same initial weights and draws the same batches (a generator seeded with seed), so optimizers
+differ only in their updates. Every loss estimate is the mean over the same eval_iters batches of each split
+(drawn afresh from a generator seeded with seed + 1), so estimates differ only by the weights, and the final
+loss does not depend on how often the run was evaluated.
 """
 
 from __future__ import annotations
@@ -26,31 +24,52 @@ from typing import Any
 
 import torch
 
-from ..diagnostics import diagnostics, format_diagnostics
-from ..hparams import from_adamw
-from ..kernels import get_kernel
-from ..memory import state_bytes
-from ..optimizer import Lion
-from ..schedule_free import MODES as SF_MODES
-from ..schedule_free import LionSF
+from .. import Lion, LionSF, diagnostics, from_adamw, get_kernel, kernels, state_bytes
 from . import CLIError
+from .checks import integer, number
 from .data import Corpus
 from .gpt import GPT, GPTConfig
+from .machine import OtherLoad
 
 __all__ = ["OptimSpec", "Settings", "RunResult", "parse_optims", "lr_at", "initial_state", "train"]
 
-_OPTIONS = {"kernel", "lr", "wd", "beta1", "beta2", "factor", "cautious", "mode", "schedule", "momentum", "sr", "weights"}
-_NUMERIC = _OPTIONS - {"kernel", "mode", "schedule", "momentum", "weights"}
 _NAMES = ("lion", "lionsf", "adamw")
 _LION_ONLY = ("kernel", "factor", "cautious", "momentum", "sr")
+SF_MODES = ("agreement", "averaging")
 MOMENTUM_STORAGES = ("float32", "bfloat16", "int8")
 WEIGHT_DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "constant")
+#: The kernels the command line documents (lionk.kernels has the same under these names).
+KERNELS = "sign, l2, lp(p=..), power(p=..), quadratic, huber(a=..), relativistic(a=..), tanh(a=..), linf, nuclear(method=..)"
+#: --optim keys: what each means, for --help.
+OPTION_HELP = {
+    "kernel": f"Lion-K kernel: {KERNELS} (lion, lionsf)",
+    "lr": "peak learning rate, > 0",
+    "wd": "weight decay of the 2-D weights, >= 0",
+    "beta1": "in [0, 1)",
+    "beta2": "in [0, 1)",
+    "factor": "from_adamw factor, > 0: Lion's lr = AdamW's lr / factor, wd = AdamW's wd * factor (lion, lionsf)",
+    "cautious": "0 or 1: cautious Lion (lion, lionsf)",
+    "mode": f"{' or '.join(SF_MODES)} (lionsf)",
+    "schedule": "cosine (warm-up then cosine; the default but for lionsf) or constant (warm-up then the peak lr)",
+    "momentum": f"momentum storage: {', '.join(MOMENTUM_STORAGES)} (lion, lionsf; default: the weights' dtype)",
+    "sr": "0 or 1: stochastic rounding of bfloat16 weights, default 1 (lion, lionsf)",
+    "weights": f"{' or '.join(WEIGHT_DTYPES)}: the dtype the weights and gradients are stored in (the model computes in float32)",
+}
+_CHOICES = {"mode": SF_MODES, "schedule": SCHEDULES, "momentum": MOMENTUM_STORAGES, "weights": WEIGHT_DTYPES}
+#: numeric keys: (low, high, low_open, high_open)
+_RANGES = {
+    "lr": (0.0, None, True, False),
+    "wd": (0.0, None, False, False),
+    "beta1": (0.0, 1.0, False, True),
+    "beta2": (0.0, 1.0, False, True),
+    "factor": (0.0, None, True, False),
+}
 
 
 @dataclass(frozen=True)
 class OptimSpec:
-    """One contender: ``name`` is 'lion', 'lionsf' or 'adamw'; ``options`` override its defaults (see :func:`parse_optims`)."""
+    """One contender: name is 'lion', 'lionsf' or 'adamw'; options override its defaults (see parse_optims)."""
 
     label: str
     name: str
@@ -58,7 +77,7 @@ class OptimSpec:
 
 
 def _split_top_level(text: str, sep: str) -> list[str]:
-    """Split on ``sep`` outside parentheses (so ``kernel=huber(a=0.5)`` stays whole)."""
+    """Split on sep outside parentheses (so kernel=huber(a=0.5) stays whole)."""
     parts, depth, current = [], 0, ""
     for ch in text:
         depth += (ch == "(") - (ch == ")")
@@ -71,17 +90,37 @@ def _split_top_level(text: str, sep: str) -> list[str]:
     return [p.strip() for p in parts]
 
 
-def parse_optims(text: str) -> list[OptimSpec]:
-    """Parse ``--optim``: comma-separated entries ``name[:key=value[:key=value...]]``.
+def _check_kernel(spec: str, where: str) -> None:
+    """CLIError for an unknown kernel name (listing the documented ones) or invalid kernel arguments."""
+    match = re.match(r"\s*([A-Za-z_]\w*)", spec)
+    if match is None or match.group(1).lower() not in kernels.kernel_names():
+        raise CLIError(f"unknown kernel {spec!r}{where} (kernels: {KERNELS})")
+    try:
+        get_kernel(spec)
+    except ValueError as err:
+        raise CLIError(f"invalid kernel {spec!r}{where}: {err}") from None
 
-    ``name`` is ``lion``, ``lionsf`` (:class:`lionk.LionSF`) or ``adamw``; keys are ``kernel`` (Lion/LionSF, a
-    kernel spec such as ``l2`` or ``huber(a=0.5)``), ``lr``, ``wd``, ``beta1``, ``beta2``, ``factor`` (Lion/LionSF:
-    the from_adamw factor), ``cautious`` (Lion/LionSF, 0/1), ``mode`` (LionSF: agreement or averaging),
-    ``schedule`` (``cosine``: warm-up then cosine, the default except for LionSF; ``constant``: warm-up then the
-    peak lr, LionSF's default), ``momentum`` (Lion/LionSF momentum storage: float32, bfloat16 or int8), ``sr``
-    (Lion/LionSF stochastic rounding, 0/1, default 1) and ``weights`` (float32 or bfloat16: the dtype the weights
-    and gradients are stored in; the forward and backward compute in float32 either way, so that only the
-    storage differs). Example: ``lion,lion:kernel=l2,lionsf:mode=averaging,adamw:lr=3e-3,lion:weights=bfloat16:sr=0``.
+
+def _check_option(name: str, key: str, value: str, entry: str) -> None:
+    where = f" in --optim entry {entry!r}"
+    if (name == "adamw" and key in _LION_ONLY) or (name != "lionsf" and key == "mode"):
+        raise CLIError(f"option {key!r} does not apply to {name}{where}")
+    if key in _CHOICES and value not in _CHOICES[key]:
+        raise CLIError(f"invalid {key} {value!r}{where}: must be one of {', '.join(_CHOICES[key])}")
+    if key in ("cautious", "sr") and value not in ("0", "1"):
+        raise CLIError(f"invalid {key} {value!r}{where}: must be 0 or 1")
+    if key in _RANGES:
+        low, high, low_open, high_open = _RANGES[key]
+        number(key, value, low, high, low_open=low_open, high_open=high_open, where=where)
+    if key == "kernel":
+        _check_kernel(value, where)
+
+
+def parse_optims(text: str) -> list[OptimSpec]:
+    """Parse --optim: comma-separated entries name[:key=value[:key=value...]].
+
+    name is lion, lionsf (lionk.LionSF) or adamw; the keys and their values are listed in OPTION_HELP.
+    Example: lion,lion:kernel=l2,lionsf:mode=averaging,adamw:lr=3e-3,lion:weights=bfloat16:sr=0.
     """
     specs = []
     for entry in _split_top_level(text, ","):
@@ -90,30 +129,16 @@ def parse_optims(text: str) -> list[OptimSpec]:
         name, *pairs = _split_top_level(entry, ":")
         if name not in _NAMES:
             raise CLIError(f"unknown optimizer {name!r} in --optim (known: {', '.join(_NAMES)})")
-        options = {}
+        options: dict[str, str] = {}
         for pair in pairs:
             key, eq, value = pair.partition("=")
-            if not eq or key not in _OPTIONS:
-                raise CLIError(f"invalid option {pair!r} for {name} in --optim (expected key=value, keys: {', '.join(sorted(_OPTIONS))})")
-            if (name == "adamw" and key in _LION_ONLY) or (name != "lionsf" and key == "mode"):
-                raise CLIError(f"option {key!r} does not apply to {name}")
-            options[key] = value
-        if options.get("mode", SF_MODES[0]) not in SF_MODES:
-            raise CLIError(f"invalid mode {options['mode']!r} in --optim entry {entry!r} (one of: {', '.join(SF_MODES)})")
-        if options.get("schedule", SCHEDULES[0]) not in SCHEDULES:
-            raise CLIError(f"invalid schedule {options['schedule']!r} in --optim entry {entry!r} (one of: {', '.join(SCHEDULES)})")
-        if options.get("momentum", MOMENTUM_STORAGES[0]) not in MOMENTUM_STORAGES:
-            raise CLIError(f"invalid momentum {options['momentum']!r} in --optim entry {entry!r} (one of: {', '.join(MOMENTUM_STORAGES)})")
-        if options.get("weights", WEIGHT_DTYPES[0]) not in WEIGHT_DTYPES:
-            raise CLIError(f"invalid weights {options['weights']!r} in --optim entry {entry!r} (one of: {', '.join(WEIGHT_DTYPES)})")
-        if "kernel" in options:
-            get_kernel(options["kernel"])  # raises ValueError for an unknown kernel
-        for key in _NUMERIC:
+            key, value = key.strip(), value.strip()
+            if not eq or key not in OPTION_HELP:
+                raise CLIError(f"invalid option {pair!r} for {name} in --optim (expected key=value, keys: {', '.join(OPTION_HELP)})")
             if key in options:
-                try:
-                    float(options[key])
-                except ValueError:
-                    raise CLIError(f"invalid number {options[key]!r} for {key} in --optim entry {entry!r}") from None
+                raise CLIError(f"option {key!r} given twice in --optim entry {entry!r}")
+            _check_option(name, key, value, entry)
+            options[key] = value
         specs.append(OptimSpec(label=entry, name=name, options=options))
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
@@ -123,7 +148,7 @@ def parse_optims(text: str) -> list[OptimSpec]:
 
 @dataclass(frozen=True)
 class Settings:
-    """One training run's task and AdamW baseline (Lion's lr and wd follow from ``from_adamw``)."""
+    """One training run's task and AdamW baseline (Lion's lr and wd follow from from_adamw)."""
 
     steps: int = 2000
     batch_size: int = 12
@@ -143,20 +168,24 @@ class Settings:
     seed: int = 1337
 
     def check(self) -> None:
+        """CLIError naming the first flag whose value is out of range."""
         for name in ("steps", "batch_size", "block_size", "n_layer", "n_head", "n_embd", "eval_interval", "eval_iters"):
-            if getattr(self, name) <= 0:
-                raise CLIError(f"invalid --{name.replace('_', '-')}: {getattr(self, name)} (must be > 0)")
-        if self.warmup < 0:
-            raise CLIError(f"invalid --warmup: {self.warmup} (must be >= 0)")
-        if not self.adamw_lr > 0 or self.adamw_wd < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise CLIError("invalid lr, weight decay, grad clip or min-lr ratio (need lr > 0, wd >= 0, clip >= 0, ratio in [0, 1])")
+            integer(f"--{name.replace('_', '-')}", getattr(self, name), 1)
+        integer("--warmup", self.warmup, 0)
+        integer("--seed", self.seed, 0, 2**63 - 1)
+        number("--lr", self.adamw_lr, 0.0, low_open=True)
+        number("--weight-decay", self.adamw_wd, 0.0)
+        number("--factor", self.factor, 0.0, low_open=True)
+        number("--grad-clip", self.grad_clip, 0.0)
+        if self.n_embd % self.n_head:
+            raise CLIError(f"invalid --n-embd {self.n_embd}: must be a multiple of --n-head {self.n_head}")
 
     def model_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(vocab_size, self.block_size, self.n_layer, self.n_head, self.n_embd)
 
 
 def lr_at(step: int, peak: float, settings: Settings, schedule: str = "cosine") -> float:
-    """nanoGPT's linear warm-up then cosine decay to ``min_lr_ratio * peak`` at the last step (``constant``: the peak)."""
+    """nanoGPT's linear warm-up then cosine decay to min_lr_ratio * peak at the last step (constant: the peak)."""
     floor = settings.min_lr_ratio * peak
     if step < settings.warmup:
         return peak * (step + 1) / (settings.warmup + 1)
@@ -167,8 +196,17 @@ def lr_at(step: int, peak: float, settings: Settings, schedule: str = "cosine") 
     return floor + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (peak - floor)
 
 
+def _vector_kernel(kernel: str) -> str:
+    """The kernel for the 1-D weights (norm gains): kernel itself, or sign where it takes matrices only (nuclear)."""
+    try:
+        Lion([torch.zeros(2, requires_grad=True)], kernel=kernel)
+    except ValueError:
+        return "sign"
+    return kernel
+
+
 def hyperparameters(spec: OptimSpec, settings: Settings) -> dict[str, Any]:
-    """The resolved settings of a contender: AdamW's are the baseline, Lion's come from ``from_adamw``."""
+    """The resolved settings of a contender: AdamW's are the baseline, Lion's come from from_adamw."""
     o = spec.options
     betas = (float(o.get("beta1", settings.betas[0])), float(o.get("beta2", settings.betas[1])))
     if spec.name == "adamw":
@@ -177,9 +215,12 @@ def hyperparameters(spec: OptimSpec, settings: Settings) -> dict[str, Any]:
     hp["lr"] = float(o.get("lr", hp["lr"]))
     hp["weight_decay"] = float(o.get("wd", hp["weight_decay"]))
     hp["kernel"] = o.get("kernel", "sign")
-    hp["cautious"] = bool(int(float(o.get("cautious", 0))))
+    vector_kernel = _vector_kernel(hp["kernel"])
+    if vector_kernel != hp["kernel"]:
+        hp["vector_kernel"] = vector_kernel  # the 1-D weights' kernel, where the kernel takes matrices only
+    hp["cautious"] = o.get("cautious", "0") == "1"
     hp["momentum_dtype"] = o.get("momentum")  # None: the weights' dtype
-    hp["stochastic_rounding"] = bool(int(float(o.get("sr", 1))))
+    hp["stochastic_rounding"] = o.get("sr", "1") == "1"
     if spec.name == "lionsf":
         hp["mode"] = o.get("mode", SF_MODES[0])
     return hp
@@ -192,12 +233,13 @@ def schedule_of(spec: OptimSpec) -> str:
 
 def _make_optimizer(spec: OptimSpec, model: torch.nn.Module, hp: dict[str, Any]) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
+    groups: list[dict[str, Any]] = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp["weight_decay"]},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     if spec.name == "adamw":
         return torch.optim.AdamW(groups, lr=hp["lr"], betas=hp["betas"])
+    groups[1]["kernel"] = hp.get("vector_kernel", hp["kernel"])
     kw = {k: hp[k] for k in ("lr", "betas", "kernel", "cautious", "momentum_dtype", "stochastic_rounding")}
     if spec.name == "lionsf":
         return LionSF(groups, mode=hp["mode"], **kw)
@@ -205,16 +247,22 @@ def _make_optimizer(spec: OptimSpec, model: torch.nn.Module, hp: dict[str, Any])
 
 
 def _forward(model: GPT) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """``model(x, y)``; for low-precision weights, computed with float32 copies of them (gradients flow back
+    """model(x, y); for low-precision weights, computed with float32 copies of them (gradients flow back
     to the stored weights in their dtype), so that a run differs from float32 only in how weights are stored."""
     if next(model.parameters()).dtype == torch.float32:
         return model
     return lambda x, y: torch.func.functional_call(model, {n: p.float() for n, p in model.named_parameters()}, (x, y))
 
 
+#: The parameter groups every run has, in order: decayed 2-D weights, then the undecayed 1-D ones.
+GROUP_NAMES = ("2-D weights", "1-D weights")
+
+
 @dataclass
 class RunResult:
-    """What one run measured. Curves are lists of ``[step, value]``."""
+    """What one run measured. Curves are lists of [step, value]; other_load is the share of the machine's
+    CPU time that other work took during the run (None where it cannot be measured), a measure of how
+    contended the speed figures are; diagnostics holds one dict per param group (Lion and LionSF runs)."""
 
     label: str
     hyperparameters: dict[str, Any]
@@ -226,7 +274,8 @@ class RunResult:
     state_bytes: int
     peak_rss_mb: float
     wall_s: float
-    diagnostics: str = ""
+    other_load: float | None = None
+    diagnostics: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def final_train(self) -> float:
@@ -241,20 +290,19 @@ class RunResult:
 
 
 def initial_state(settings: Settings, vocab_size: int) -> dict[str, torch.Tensor]:
-    """The initial weights every run starts from (model seeded with ``settings.seed``)."""
+    """The initial weights every run starts from (model seeded with settings.seed)."""
     torch.manual_seed(settings.seed)
     return {k: v.clone() for k, v in GPT(settings.model_config(vocab_size)).state_dict().items()}
 
 
 @torch.no_grad()
-def _estimate(
-    model: GPT, forward: Callable, optimizer: torch.optim.Optimizer, corpus: Corpus, settings: Settings, generator: torch.Generator
-) -> dict[str, float]:
-    """Mean loss over ``eval_iters`` batches of each split (LionSF's parameters switched to their average meanwhile)."""
+def _estimate(model: GPT, forward: Callable, optimizer: torch.optim.Optimizer, corpus: Corpus, settings: Settings) -> dict[str, float]:
+    """Mean loss over the same eval_iters batches of each split (LionSF's parameters switched to their average meanwhile)."""
     schedule_free = isinstance(optimizer, LionSF)
     if schedule_free:
         optimizer.eval()
     model.eval()
+    generator = torch.Generator().manual_seed(settings.seed + 1)
     out = {}
     for split in ("train", "val"):
         losses = [
@@ -267,6 +315,30 @@ def _estimate(
     return out
 
 
+def _diagnostics(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """lionk.diagnostics per param group, as plain dicts (LionSF's averaged weights in averaging mode)."""
+    if not isinstance(optimizer, Lion):
+        return []
+    schedule_free = isinstance(optimizer, LionSF)
+    if schedule_free:
+        optimizer.eval()
+    groups = diagnostics(optimizer)
+    if schedule_free:
+        optimizer.train()
+    return [
+        {
+            "group": GROUP_NAMES[g.index],
+            "weight_decay": g.weight_decay,
+            "kernel": g.kernel,
+            "constraint": g.constraint,
+            "boundary_fraction": g.boundary_fraction,
+            "max_scaled": g.max_scaled,
+            "stationarity": g.stationarity,
+        }
+        for g in groups
+    ]
+
+
 def train(
     spec: OptimSpec,
     corpus: Corpus,
@@ -276,13 +348,14 @@ def train(
     progress: Callable[[int, float], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> RunResult:
-    """Train one model with one optimizer for ``settings.steps`` steps and measure it.
+    """Train one model with one optimizer for settings.steps steps and measure it.
 
-    ``progress(step, loss)`` is called after every step; ``log`` receives one line per evaluation.
+    progress(step, loss) is called after every step; log receives one line per evaluation.
     Tokens/s counts training tokens over the training time (evaluations excluded); the optimizer-step time is the
-    median of ``optimizer.step()`` after 5 warm-up steps; peak RSS is the process's high-water mark after the run
+    median of optimizer.step() after 5 warm-up steps; peak RSS is the process's high-water mark after the run
     (cumulative over the runs of one process).
     """
+    load = OtherLoad()
     model = GPT(settings.model_config(corpus.vocab_size))
     model.load_state_dict(init)
     model.to(getattr(torch, spec.options.get("weights", "float32")))
@@ -292,13 +365,12 @@ def train(
     peak = hp["lr"]
     schedule = schedule_of(spec)
     batches = torch.Generator().manual_seed(settings.seed)
-    evals = torch.Generator().manual_seed(settings.seed + 1)
     train_curve, val_curve, step_loss, step_times = [], [], [], []
     train_time = 0.0
     start = time.perf_counter()
     for step in range(settings.steps + 1):
         if step % settings.eval_interval == 0 or step == settings.steps:
-            losses = _estimate(model, forward, optimizer, corpus, settings, evals)
+            losses = _estimate(model, forward, optimizer, corpus, settings)
             train_curve.append([step, losses["train"]])
             val_curve.append([step, losses["val"]])
             if log is not None:
@@ -328,7 +400,6 @@ def train(
         if progress is not None:
             progress(step, step_loss[-1])
     timed = sorted(step_times[5:] or step_times or [float("nan")])
-    report = format_diagnostics(diagnostics(optimizer), per_tensor=False) if isinstance(optimizer, Lion) else ""
     steps_done = len(step_loss)
     peak_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return RunResult(
@@ -342,16 +413,17 @@ def train(
         state_bytes=state_bytes(optimizer),
         peak_rss_mb=peak_rss_kb / (1024 if sys.platform != "darwin" else 1024 * 1024),
         wall_s=time.perf_counter() - start,
-        diagnostics=report,
+        other_load=load.share(),
+        diagnostics=_diagnostics(optimizer),
     )
 
 
-def parse_float_list(text: str, what: str) -> list[float]:
-    """'1e-4,3e-4' -> [1e-4, 3e-4]; every value must be a positive finite number."""
-    try:
-        values = [float(v) for v in re.split(r"[,\s]+", text.strip()) if v]
-    except ValueError:
-        raise CLIError(f"invalid {what} {text!r} (expected comma-separated numbers)") from None
-    if not values or not all(math.isfinite(v) and v > 0 for v in values):
-        raise CLIError(f"invalid {what} {text!r} (expected positive numbers)")
+def parse_float_list(text: str, flag: str) -> list[float]:
+    """'0.333,1,3' -> [0.333, 1.0, 3.0]: comma-separated, distinct, positive finite numbers; else CLIError."""
+    entries = [v.strip() for v in text.split(",")]
+    if not text.strip() or any(not v for v in entries):
+        raise CLIError(f"invalid {flag} {text!r}: an empty entry (expected comma-separated positive numbers, e.g. 0.333,1,3)")
+    values = [number("value", v, 0.0, low_open=True, where=f" in {flag} {text!r}") for v in entries]
+    if len(set(values)) != len(values):
+        raise CLIError(f"invalid {flag} {text!r}: a value is repeated")
     return values
