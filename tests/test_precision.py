@@ -304,7 +304,7 @@ def test_checkpoint_converts_between_storages():
 
 
 def test_bf16_weights_keep_small_steps_with_stochastic_rounding():
-    """REFERENCE.md section 4: with round to nearest, bf16 weights lose Lion's lr=1e-4 steps and all
+    """With round to nearest, bf16 weights lose Lion's lr=1e-4 steps and all
     weight decay with lr*wd <= 3e-4; with stochastic rounding the mean drift matches float32's."""
     n, steps, lr = 20_000, 200, 1e-4
     gen = torch.Generator().manual_seed(4)

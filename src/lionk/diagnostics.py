@@ -1,7 +1,7 @@
 r"""What the constraint view of Lion-K tells a user about a run.
 
 With a decaying lr, Lion (``kernel="sign"``) solves :math:`\min f(x)` subject to
-:math:`\|x\|_\infty \le 1/\lambda` (Chen, Liu, Liang, Liu 2024; REFERENCE.md section 2). For every
+:math:`\|x\|_\infty \le 1/\lambda` (Chen, Liu, Liang, Liu 2024, "Lion Secretly Solves Constrained Optimization"). For every
 tensor of every param group :func:`diagnostics` reports
 
 * ``boundary_fraction``: the fraction of entries with :math:`|\lambda x_i| \ge 0.99` (at the box
@@ -138,7 +138,8 @@ def _fmt(value: float | None, spec: str) -> str:
 def format_diagnostics(report: list[GroupDiagnostics], per_tensor: bool = True) -> str:
     """A plain-text table of :func:`diagnostics`' output: one header line per group, one row per tensor
     (only the group totals with ``per_tensor=False``)."""
-    header = f"{'tensor':<32} {'shape':<16} {'at boundary':>11} {'max|wd*x|':>10} {'S per elem':>11}"
+    columns = f"{'at boundary':>11} {'max|wd*x|':>10} {'S per elem':>11}"
+    header = f"{'tensor':<32} {'shape':<16} {columns}" if per_tensor else f"{'':<49}{columns}"
     lines = []
     for group in report:
         lines.append(

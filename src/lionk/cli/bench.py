@@ -64,6 +64,7 @@ class Contender:
     samples_ms: list[float] = field(default_factory=list)
     first_step_ms: float | None = None
     state_bytes: int | None = None
+    streamed_bytes: int | None = None  # the state a step reads and writes: all but the 0-d step counters
     error: str | None = None
     note: str | None = None
 
@@ -270,6 +271,10 @@ class _Progress:
             sys.stderr.flush()
 
 
+def _streamed(t: object) -> bool:
+    return isinstance(t, torch.Tensor) and t.dim() > 0
+
+
 def _setup(contenders: list[Contender], params, device: torch.device, warmup: int, progress) -> dict[str, torch.optim.Optimizer]:
     """Build each contender's optimizer, time its first step, warm it up and read its state size."""
     optimizers = {}
@@ -281,6 +286,7 @@ def _setup(contenders: list[Contender], params, device: torch.device, warmup: in
             for _ in range(warmup):
                 opt.step()
             c.state_bytes = state_bytes(opt)
+            c.streamed_bytes = sum(t.numel() * t.element_size() for st in opt.state.values() for t in st.values() if _streamed(t))
             if c.storage is not None and (share := _stored_share(opt, c.storage)) < STORED_SHARE:
                 requested = str(c.storage).replace("torch.", "")
                 c.note = (
@@ -350,7 +356,7 @@ def run_bench(
         row = {"name": c.name, "family": c.family, "first_step_ms": c.first_step_ms, "state_bytes": c.state_bytes, "error": c.error}
         row["note"] = c.note
         if c.samples_ms:
-            ideal = 3 * elt + 2 * c.state_bytes / n_params
+            ideal = 3 * elt + 2 * c.streamed_bytes / n_params
             ms, low, high = median_interval(c.samples_ms)
             q1, _, q3 = statistics.quantiles(c.samples_ms, n=4) if len(c.samples_ms) > 1 else (ms, ms, ms)
             roof_share = [(ideal * n_params / c_ms) / (12 * roof_elements / r_ms) for c_ms, r_ms in zip(c.samples_ms, roof_ms)]

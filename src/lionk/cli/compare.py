@@ -125,7 +125,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def run_all(specs, corpus, settings: Settings, command: str) -> list[RunResult]:
     """Train every spec from the same initial weights with a tqdm bar per run; evaluation lines go above the bars."""
     tqdm = require("tqdm", command).tqdm
-    if any(spec.name != "adamw" for spec in specs):
     init = initial_state(settings, corpus.vocab_size)
     results = []
     for spec in specs:
