@@ -240,7 +240,10 @@ def stream_roof(weights: list[Tensor], grads: list[Tensor], momenta: list[Tensor
     rows[:, lib.M] = torch.tensor([t.data_ptr() for t in momenta])
     rows[:, lib.NUMEL] = torch.tensor([t.numel() for t in weights])
 
+    tensors = (weights, grads, momenta)  # the rows hold their addresses: the roof keeps them alive
+
     def roof() -> None:
+        assert tensors  # (referenced here, so that the closure owns them)
         threads = max(1, torch.get_num_threads())
         pool = _workers(threads)
         args = (rows.data_ptr(), len(weights), 1e-9)

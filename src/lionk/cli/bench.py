@@ -8,8 +8,9 @@ so its ideal cost is bytes / bandwidth with
 
 that is 20 bytes for Lion (one float32 buffer) and 28 for AdamW (two) in float32, and less for Lion with
 bfloat16 (S = 2) or int8 momentum (S = 1 + 4/256: codes plus one float32 scale per 256 values). S is
-read off each optimizer's state after warm-up. The roof is the bandwidth of an in-place a += s*b over
-a large tensor (12 bytes per float32 element), timed in the same rounds on the same device.
+read off each optimizer's state after warm-up. The roof, timed in the same rounds on the same device, is a Lion
+step's own memory traffic with nothing else: on CPU the native library's p += g*s, m += g*s over float32 tensors
+of the bench set's shapes (3 arrays read, 2 written); elsewhere an in-place a += s*b over a large tensor.
 
 Noise: each round times every contender once, in a rotating order, and the roof once. A speed ratio is
 taken within each round (a slow round slows both sides) and summarised by its median over the rounds,
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import Lion, state_bytes
+from .._engine import native
 from . import CLIError
 from .checks import integer, number, output_file
 from .machine import OtherLoad, available_bytes, contended, cpu_name
@@ -299,6 +301,22 @@ def _setup(contenders: list[Contender], params, device: torch.device, warmup: in
     return optimizers
 
 
+def _roof(shapes: list[tuple[int, ...]], device: torch.device, elements: int) -> tuple[Callable[[], None], int, str]:
+    """The bandwidth roof timed in every round: (run it once, bytes it moves, what it is).
+
+    On CPU, with lionk's native library: p += g*s; m += g*s over float32 tensors of the bench set's shapes, split
+    over the threads as a step is: a Lion step's own stream (3 arrays read, 2 written, 20 bytes per element) with
+    nothing else. Elsewhere: torch's in-place a += s*b over ``elements`` float32 values (12 bytes per element).
+    """
+    if device.type == "cpu" and native.library() is not None:
+        gen = torch.Generator().manual_seed(1)
+        p, g, m = ([torch.randn(s, generator=gen) for s in shapes] for _ in range(3))
+        return native.stream_roof(p, g, m), 20 * sum(math.prod(s) for s in shapes), "a Lion step's stream: p += g*s, m += g*s"
+    a = torch.zeros(elements, device=device)
+    b = torch.ones(elements, device=device)
+    return (lambda: a.add_(b, alpha=1e-3)), 12 * elements, "in-place a += s*b"
+
+
 def run_bench(
     size: int,
     layers: int,
@@ -325,17 +343,16 @@ def run_bench(
 
     contenders, missing = _contenders(device, dtype)
     optimizers = _setup(contenders, params, device, warmup, progress)
-    a = torch.zeros(roof_elements, device=device)
-    b = torch.ones(roof_elements, device=device)
+    roof, roof_bytes, roof_name = _roof(shapes, device, roof_elements)
     for _ in range(warmup):
-        a.add_(b, alpha=1e-3)
+        roof()
     timed = [c for c in contenders if c.name in optimizers]
     roof_ms: list[float] = []
     load = OtherLoad()
     comparisons: list[dict] = []
     for r in itertools.count():
         shift = r % len(timed) if timed else 0
-        roof_ms.append(_time_ms(lambda: a.add_(b, alpha=1e-3), device))
+        roof_ms.append(_time_ms(roof, device))
         for c in timed[shift:] + timed[:shift]:
             c.samples_ms.append(_time_ms(optimizers[c.name].step, device))
         done = r + 1
@@ -348,7 +365,7 @@ def run_bench(
         if done >= max_rounds or (done >= rounds and all(v["stable"] for v in comparisons)):
             break
     other_load = load.share()
-    roof_gbs = 12 * roof_elements / (statistics.median(roof_ms) * 1e-3) / 1e9
+    roof_gbs = roof_bytes / (statistics.median(roof_ms) * 1e-3) / 1e9
 
     elt = torch.empty((), dtype=dtype).element_size()
     rows = []
@@ -359,7 +376,7 @@ def run_bench(
             ideal = 3 * elt + 2 * c.streamed_bytes / n_params
             ms, low, high = median_interval(c.samples_ms)
             q1, _, q3 = statistics.quantiles(c.samples_ms, n=4) if len(c.samples_ms) > 1 else (ms, ms, ms)
-            roof_share = [(ideal * n_params / c_ms) / (12 * roof_elements / r_ms) for c_ms, r_ms in zip(c.samples_ms, roof_ms)]
+            roof_share = [(ideal * n_params / c_ms) / (roof_bytes / r_ms) for c_ms, r_ms in zip(c.samples_ms, roof_ms)]
             row.update(
                 ideal_bytes_per_param=ideal,
                 ms=ms,
@@ -385,6 +402,7 @@ def run_bench(
         "max_rounds": max_rounds,
         "tolerance": tolerance,
         "other_load": other_load,
+        "roof": roof_name,
         "roof_gbs": roof_gbs,
         "roof_ms": roof_ms,
         "ideal_bytes_per_param": {"lion": 5 * elt, "adamw": 7 * elt},
@@ -398,7 +416,7 @@ def format_report(report: dict) -> str:
     """The table, the verdicts that the noise allows, and notes on what is not measured as asked."""
     lines = [
         f"lionk bench: {report['params'] / 1e6:.1f}M {report['dtype']} parameters in {report['tensors']} tensors on {report['device']}",
-        f"roof (in-place a += s*b, same rounds): {report['roof_gbs']:.1f} GB/s; ideal bytes/param: "
+        f"roof ({report['roof']}, same rounds): {report['roof_gbs']:.1f} GB/s; ideal bytes/param: "
         f"Lion {report['ideal_bytes_per_param']['lion']:.0f}, AdamW {report['ideal_bytes_per_param']['adamw']:.0f}; "
         f"medians of {report['rounds']} interleaved rounds",
         "",
