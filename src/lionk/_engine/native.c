@@ -87,13 +87,15 @@ static inline uint32_t random_bits(int64_t i, uint32_t key) { return mix32((uint
 
 /* bfloat16 stochastic rounding: the neighbours of x are its truncation t and t + 1 ulp, and "t + 1 with
    probability (|x| - |t|) / ulp" is "t + 1 where k < the low 16 bits of x" (r = k * 2^-16 and the probability
-   are both multiples of 2^-16). Overflow past the largest finite value keeps t; NaN -> 0x7FC0. */
+   are both multiples of 2^-16), i.e. a carry out of the low half when 0xFFFF - k is added to it. From the largest
+   finite magnitude up (|x| >= 0x7F7F0000: the far neighbour would be infinity, which has probability 0) the
+   result is t; NaN -> 0x7FC0. */
 static inline uint16_t bf16_store_sr(float x, uint32_t k) {
-    const uint32_t bits = f32_to_bits(x), t = bits >> 16;
-    const uint32_t up = t + (uint32_t)(k < (bits & 0xFFFFu));
-    const uint32_t overflow = 0u - (uint32_t)(((up & 0x7FFFu) == 0x7F80u) & ((bits & 0x7F800000u) != 0x7F800000u));
-    const uint32_t nan = 0u - (uint32_t)((bits & 0x7FFFFFFFu) > 0x7F800000u);
-    return (uint16_t)select32(nan, 0x7FC0u, select32(overflow, t, up));
+    const uint32_t bits = f32_to_bits(x), mag = bits & 0x7FFFFFFFu;
+    const uint32_t up = (bits + (0xFFFFu - k)) >> 16;
+    const uint32_t special = 0u - (uint32_t)(mag >= 0x7F7F0000u);
+    const uint32_t nan = 0u - (uint32_t)(mag > 0x7F800000u);
+    return (uint16_t)select32(special, select32(nan, 0x7FC0u, bits >> 16), up);
 }
 
 /* float16 stochastic rounding by the neighbour rule: the nearest y, the other neighbour o one ulp away, far

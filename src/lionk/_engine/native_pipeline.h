@@ -50,32 +50,31 @@
         }                                                                                                     \
     }
 
-/* Stores to nearest, or stochastically with 16 bits of element (off + i)'s hash (the high half, or the low). */
-#define LK_SR_LOOP(STORE_SR, HALF)                                                                            \
-    for (int64_t i = 0; i < n; ++i) d[i] = STORE_SR((float)src[i], HALF(random_bits(off + i, key)));
+/* Stores with round to nearest, or stochastically with 16 bits of each element's hash H[i] (computed once per
+   element for both stores: the weight takes the high half, the momentum and the int8 codes the low half). */
 #define LK_HIGH(h) ((h) >> 16)
 #define LK_LOW(h) ((h) & 0xFFFFu)
+#define LK_SR_LOOP(STORE_SR)                                                                                  \
+    if (high) { for (int64_t i = 0; i < n; ++i) d[i] = STORE_SR((float)src[i], LK_HIGH(H[i])); }            \
+    else { for (int64_t i = 0; i < n; ++i) d[i] = STORE_SR((float)src[i], LK_LOW(H[i])); }
 #define LK_DEFINE_STORE(OT)                                                                                   \
     static void LK_FN(store_##OT)(void *dst, int dtype, int64_t off, int64_t n, const OT *restrict src,        \
-                                  int stochastic, uint32_t key, int64_t key_absmax, int high) {                                 \
+                                  const uint32_t *restrict H, float *absmax, int high) {                     \
         switch (dtype) {                                                                                      \
             case LK_F32: { float *restrict d = (float *)dst + off;                                            \
                 for (int64_t i = 0; i < n; ++i) d[i] = (float)src[i]; break; }                                \
             case LK_F64: { double *restrict d = (double *)dst + off;                                          \
                 for (int64_t i = 0; i < n; ++i) d[i] = (double)src[i]; break; }                               \
             case LK_BF16: { uint16_t *restrict d = (uint16_t *)dst + off;                                     \
-                if (!stochastic) { for (int64_t i = 0; i < n; ++i) d[i] = bf16_store((float)src[i]); }       \
-                else if (high) { LK_SR_LOOP(bf16_store_sr, LK_HIGH) }                                         \
-                else { LK_SR_LOOP(bf16_store_sr, LK_LOW) }                                                    \
+                if (!H) { for (int64_t i = 0; i < n; ++i) d[i] = bf16_store((float)src[i]); }                \
+                else { LK_SR_LOOP(bf16_store_sr) }                                                            \
                 break; }                                                                                      \
             case LK_F16: { uint16_t *restrict d = (uint16_t *)dst + off;                                      \
-                if (!stochastic) { for (int64_t i = 0; i < n; ++i) d[i] = f16_store((float)src[i]); }        \
-                else if (high) { LK_SR_LOOP(f16_store_sr, LK_HIGH) }                                          \
-                else { LK_SR_LOOP(f16_store_sr, LK_LOW) }                                                     \
+                if (!H) { for (int64_t i = 0; i < n; ++i) d[i] = f16_store((float)src[i]); }                 \
+                else { LK_SR_LOOP(f16_store_sr) }                                                             \
                 break; }                                                                                      \
             default: { /* LK_Q8, per block: A' = max |m'| (NaN wins), codes round(m' * 127/max(A', FLT_MIN)) */ \
                 int8_t *restrict q = (int8_t *)dst + off;                                                     \
-                float *restrict absmax = (float *)(intptr_t)key_absmax;                                       \
                 for (int64_t b = 0; b < n; b += LK_BLOCK) {                                                   \
                     const int64_t e = n - b < LK_BLOCK ? n - b : LK_BLOCK;                                    \
                     float buf[LK_BLOCK];                                                                      \
@@ -88,9 +87,9 @@
                     const float amax = bits_to_f32(amax_bits);                                               \
                     absmax[(off + b) / LK_BLOCK] = amax;                                                      \
                     const float inv = 127.0f / (amax < 0x1.0p-126f ? 0x1.0p-126f : amax);                     \
-                    if (stochastic) {                                                                         \
+                    if (H) {                                                                                  \
                         for (int64_t i = 0; i < e; ++i)                                                       \
-                            q[b + i] = q8_code(floorf(buf[i] * inv + (float)LK_LOW(random_bits(off + b + i, key)) * 0x1.0p-16f)); \
+                            q[b + i] = q8_code(floorf(buf[i] * inv + (float)LK_LOW(H[b + i]) * 0x1.0p-16f));  \
                     } else {                                                                                  \
                         for (int64_t i = 0; i < e; ++i) q[b + i] = q8_code(rintf(buf[i] * inv));              \
                     }                                                                                         \
@@ -194,11 +193,16 @@
                 M[i] = M[i] * b2 + G[i] * omb2;                                                               \
             }                                                                                                 \
         }                                                                                                     \
-        const int stochastic = (int)(row[LK_FLAGS] & 1);                                                      \
-        const uint32_t key = (uint32_t)row[LK_KEY];                                                          \
-        const int64_t key_absmax = row[LK_ABSMAX];                                                            \
-        if (pdt != NATIVE) LK_FN(store_##OT)(p, pdt, off, n, P, stochastic, key, key_absmax, 1);              \
-        if (mdt != NATIVE) LK_FN(store_##OT)(m, mdt, off, n, M, stochastic, key, key_absmax, 0);              \
+        uint32_t hbuf[LK_CHUNK];                                                                              \
+        const uint32_t *H = NULL; /* the elements' random bits, when this tensor rounds stochastically */      \
+        if (row[LK_FLAGS] & 1) {                                                                              \
+            const uint32_t key = (uint32_t)row[LK_KEY];                                                      \
+            for (int64_t i = 0; i < n; ++i) hbuf[i] = random_bits(off + i, key);                              \
+            H = hbuf;                                                                                         \
+        }                                                                                                     \
+        float *scales = (float *)(intptr_t)row[LK_ABSMAX];                                                    \
+        if (pdt != NATIVE) LK_FN(store_##OT)(p, pdt, off, n, P, H, scales, 1);                                \
+        if (mdt != NATIVE) LK_FN(store_##OT)(m, mdt, off, n, M, H, scales, 0);                                \
         return 0;                                                                                             \
     }
 
@@ -240,12 +244,141 @@
         else switch (job->prog[0]) { LK_OPS(CASE) default: break; }                                          \
     }
 
+/* ---- Lion's own kernel (sign) in a single pass for the usual 16-bit storages: bfloat16/float16 weights with
+   their own or float32 momentum, float32 weights with 16-bit momentum; rounded to nearest or stochastically
+   (one hash per element: the weight takes its high 16 bits, the momentum the low 16). The same formula as the
+   chunk path, op for op; tensors of other storages and kernels take the chunk path. ------------------------------ */
+
+#define LK_L_F32(x) (x)
+#define LK_S_F32(x, k) (x)
+#define LK_S_BF16_RTN(x, k) bf16_store(x)
+#define LK_S_BF16_SR(x, k) bf16_store_sr(x, k)
+#define LK_S_F16_RTN(x, k) f16_store(x)
+#define LK_S_F16_SR(x, k) f16_store_sr(x, k)
+#define LK_CONV_LOOP(PT, PL, PS, GT, GL, MT, ML, MS)                                                          \
+    {                                                                                                         \
+        PT *restrict P = (PT *)(intptr_t)row[LK_P] + off;                                                     \
+        const GT *restrict G = (const GT *)(intptr_t)row[LK_G] + off;                                         \
+        MT *restrict M = (MT *)(intptr_t)row[LK_M] + off;                                                     \
+        for (int64_t b = 0; b < n; b += 256) {                                                                \
+            const int64_t e = n - b < 256 ? n : b + 256;                                                      \
+            for (int64_t j = b + LK_AHEAD; j < e + LK_AHEAD && j < n; j += 32) { /* 32 16-bit values a line */ \
+                __builtin_prefetch(G + j, 0);                                                                 \
+                __builtin_prefetch(M + j, 1);                                                                 \
+                __builtin_prefetch(P + j, 1);                                                                 \
+                if (sizeof(MT) == 4 || sizeof(PT) == 4) { /* a 4-byte stream has two lines per 32 values */  \
+                    __builtin_prefetch((const char *)(M + j) + 64, 1);                                        \
+                    __builtin_prefetch((const char *)(P + j) + 64, 1);                                        \
+                    __builtin_prefetch((const char *)(G + j) + 64, 0);                                        \
+                }                                                                                             \
+            }                                                                                                 \
+            uint32_t hb[256]; /* the block's random bits (random_bits(off + i, key)), in a loop of their own */ \
+            if (sr) {                                                                                         \
+                uint32_t x = (uint32_t)(off + b) * 0x9E3779B1u + key;                                         \
+                for (int64_t i = 0; i < e - b; ++i, x += 0x9E3779B1u) hb[i] = mix32(x);                       \
+            }                                                                                                 \
+            for (int64_t i = b; i < e; ++i) {                                                                 \
+                const float gi = GL(G[i]), mi = ML(M[i]);                                                     \
+                const float a = mi * b1 + gi * gb1;                                                           \
+                const float u = LK_SIGN(a) + (a - a);                                                         \
+                const uint32_t h = sr ? hb[i - b] : 0u;                                                       \
+                P[i] = PS(PL(P[i]) * decay - u * lr, h >> 16);                                                \
+                M[i] = MS(mi * b2 + gi * gb2, h & 0xFFFFu);                                                   \
+            }                                                                                                 \
+        }                                                                                                     \
+        return 1;                                                                                             \
+    }
+/* int8 momentum, per block of LK_BLOCK: dequantise (code * A/127), step, then the block's new scale A' = max |m'|
+   (NaN on top) and its codes round(m' * 127/max(A', FLT_MIN)) clamped to [-127, 127] (NaN -> 0): to nearest, or
+   floor(x + r) with r from the low 16 bits of the element's hash. As the chunk path's load and store do it. */
+#define LK_Q8_LOOP(PT, PL, PS, GT, GL)                                                                        \
+    {                                                                                                         \
+        PT *restrict P = (PT *)(intptr_t)row[LK_P] + off;                                                     \
+        const GT *restrict G = (const GT *)(intptr_t)row[LK_G] + off;                                         \
+        int8_t *restrict Q = (int8_t *)(intptr_t)row[LK_M] + off;                                             \
+        float *restrict A = (float *)(intptr_t)row[LK_ABSMAX] + off / LK_BLOCK;                               \
+        for (int64_t b = 0; b < n; b += LK_BLOCK) {                                                           \
+            const int64_t e = n - b < LK_BLOCK ? n : b + LK_BLOCK;                                            \
+            for (int64_t j = b + LK_AHEAD; j < e + LK_AHEAD && j < n; j += 64) {                              \
+                __builtin_prefetch(Q + j, 1);                                                                 \
+                for (int64_t l = 0; l < 64 * (int64_t)sizeof(PT); l += 64) {                                  \
+                    __builtin_prefetch((const char *)(G + j) + l, 0);                                         \
+                    __builtin_prefetch((char *)(P + j) + l, 1);                                               \
+                }                                                                                             \
+            }                                                                                                 \
+            uint32_t hb[LK_BLOCK];                                                                            \
+            if (sr) {                                                                                         \
+                uint32_t x = (uint32_t)(off + b) * 0x9E3779B1u + key;                                         \
+                for (int64_t i = 0; i < e - b; ++i, x += 0x9E3779B1u) hb[i] = mix32(x);                       \
+            }                                                                                                 \
+            const float scale = A[b / LK_BLOCK] / 127.0f;                                                     \
+            float mn[LK_BLOCK];                                                                               \
+            for (int64_t i = b; i < e; ++i) {                                                                 \
+                const float gi = GL(G[i]), mi = (float)Q[i] * scale;                                          \
+                const float a = mi * b1 + gi * gb1;                                                           \
+                const float u = LK_SIGN(a) + (a - a);                                                         \
+                const uint32_t h = sr ? hb[i - b] : 0u;                                                       \
+                P[i] = PS(PL(P[i]) * decay - u * lr, h >> 16);                                                \
+                mn[i - b] = mi * b2 + gi * gb2;                                                               \
+            }                                                                                                 \
+            uint32_t amax_bits = 0;                                                                           \
+            for (int64_t i = 0; i < e - b; ++i) {                                                             \
+                const uint32_t v = f32_to_bits(mn[i]) & 0x7FFFFFFFu;                                         \
+                amax_bits = v > amax_bits ? v : amax_bits;                                                    \
+            }                                                                                                 \
+            const float amax = bits_to_f32(amax_bits);                                                       \
+            A[b / LK_BLOCK] = amax;                                                                           \
+            const float inv = 127.0f / (amax < 0x1.0p-126f ? 0x1.0p-126f : amax);                             \
+            if (sr) {                                                                                         \
+                for (int64_t i = 0; i < e - b; ++i)                                                           \
+                    Q[b + i] = q8_code(floorf(mn[i] * inv + (float)(hb[i] & 0xFFFFu) * 0x1.0p-16f));          \
+            } else {                                                                                          \
+                for (int64_t i = 0; i < e - b; ++i) Q[b + i] = q8_code(rintf(mn[i] * inv));                   \
+            }                                                                                                 \
+        }                                                                                                     \
+        return 1;                                                                                             \
+    }
+
+#define LK_DT3(p, g, m) ((p) | (g) << 8 | (m) << 16)
+
+/* 1 if this tensor took a single-pass 16-bit loop, 0 if it must take the chunk path */
+static int LK_FN(conv_float)(const lk_job *job, const int64_t *row, const double *drow, int64_t off, int64_t n) {
+    const float b1 = (float)job->b1, omb1 = (float)job->omb1, b2 = (float)job->b2, omb2 = (float)job->omb2;
+    const float lr = (float)drow[LK_LR], decay = (float)drow[LK_DECAY];
+    const float gb1 = (job->flags & LK_MAXIMIZE) ? -omb1 : omb1, gb2 = (job->flags & LK_MAXIMIZE) ? -omb2 : omb2;
+    const uint32_t key = (uint32_t)row[LK_KEY];
+    const int sr = (int)(row[LK_FLAGS] & 1);
+    switch (row[LK_DTYPES] | (int64_t)sr << 24) {
+        case LK_DT3(LK_BF16, LK_BF16, LK_BF16): LK_CONV_LOOP(uint16_t, bf16_load, LK_S_BF16_RTN, uint16_t, bf16_load, uint16_t, bf16_load, LK_S_BF16_RTN)
+        case LK_DT3(LK_BF16, LK_BF16, LK_BF16) | 1 << 24: LK_CONV_LOOP(uint16_t, bf16_load, LK_S_BF16_SR, uint16_t, bf16_load, uint16_t, bf16_load, LK_S_BF16_SR)
+        case LK_DT3(LK_BF16, LK_BF16, LK_F32): LK_CONV_LOOP(uint16_t, bf16_load, LK_S_BF16_RTN, uint16_t, bf16_load, float, LK_L_F32, LK_S_F32)
+        case LK_DT3(LK_BF16, LK_BF16, LK_F32) | 1 << 24: LK_CONV_LOOP(uint16_t, bf16_load, LK_S_BF16_SR, uint16_t, bf16_load, float, LK_L_F32, LK_S_F32)
+        case LK_DT3(LK_F32, LK_F32, LK_BF16): LK_CONV_LOOP(float, LK_L_F32, LK_S_F32, float, LK_L_F32, uint16_t, bf16_load, LK_S_BF16_RTN)
+        case LK_DT3(LK_F32, LK_F32, LK_BF16) | 1 << 24: LK_CONV_LOOP(float, LK_L_F32, LK_S_F32, float, LK_L_F32, uint16_t, bf16_load, LK_S_BF16_SR)
+        case LK_DT3(LK_F16, LK_F16, LK_F16): LK_CONV_LOOP(uint16_t, f16_load, LK_S_F16_RTN, uint16_t, f16_load, uint16_t, f16_load, LK_S_F16_RTN)
+        case LK_DT3(LK_F16, LK_F16, LK_F16) | 1 << 24: LK_CONV_LOOP(uint16_t, f16_load, LK_S_F16_SR, uint16_t, f16_load, uint16_t, f16_load, LK_S_F16_SR)
+        case LK_DT3(LK_F16, LK_F16, LK_F32): LK_CONV_LOOP(uint16_t, f16_load, LK_S_F16_RTN, uint16_t, f16_load, float, LK_L_F32, LK_S_F32)
+        case LK_DT3(LK_F16, LK_F16, LK_F32) | 1 << 24: LK_CONV_LOOP(uint16_t, f16_load, LK_S_F16_SR, uint16_t, f16_load, float, LK_L_F32, LK_S_F32)
+        case LK_DT3(LK_F32, LK_F32, LK_Q8): LK_Q8_LOOP(float, LK_L_F32, LK_S_F32, float, LK_L_F32)
+        case LK_DT3(LK_F32, LK_F32, LK_Q8) | 1 << 24: LK_Q8_LOOP(float, LK_L_F32, LK_S_F32, float, LK_L_F32)
+        case LK_DT3(LK_BF16, LK_BF16, LK_Q8): LK_Q8_LOOP(uint16_t, bf16_load, LK_S_BF16_RTN, uint16_t, bf16_load)
+        case LK_DT3(LK_BF16, LK_BF16, LK_Q8) | 1 << 24: LK_Q8_LOOP(uint16_t, bf16_load, LK_S_BF16_SR, uint16_t, bf16_load)
+        default: return 0;
+    }
+}
+
 /* whether a tensor (row) of this job can take the single-pass loop */
 static inline int LK_FN(fusable)(const lk_job *job, const int64_t *row, int native) {
     const int64_t dt = row[LK_DTYPES];
     return (job->flags & (LK_SKIP | LK_CAUTIOUS | LK_COUNT | LK_CAUTIOUS_DECAY)) == 0 && (dt & 0xFF) == native && ((dt >> 8) & 0xFF) == native &&
            ((dt >> 16) & 0xFF) == native &&
            (job->nprog == 0 || (job->nprog == 1 && lk_op_arities[job->prog[0]] == 1 && job->prog[2] == 0 && job->result == job->prog[1]));
+}
+
+/* whether the job is plain Lion (the sign kernel, no skip mode, no cautious masking or decay) */
+static inline int LK_FN(sign_only)(const lk_job *job) {
+    return (job->flags & (LK_SKIP | LK_CAUTIOUS | LK_COUNT | LK_CAUTIOUS_DECAY)) == 0 && job->nprog == 1 &&
+           job->prog[0] == LK_OP_sign && job->prog[2] == 0 && job->result == job->prog[1];
 }
 
 LK_DEFINE_LOAD(float)
@@ -275,10 +408,11 @@ static void LK_FN(work)(const lk_job *job, int64_t worker, int64_t nworkers) {
         const int64_t c_hi = end - offset < nchunks ? end - offset : nchunks;
         const int f64 = (row[LK_DTYPES] & 0xFF) == LK_F64;
         int64_t agree = 0;
+        const int64_t seg_off = c_lo * LK_CHUNK, seg_n = (c_hi * LK_CHUNK < numel ? c_hi * LK_CHUNK : numel) - seg_off;
         if (c_lo < c_hi && LK_FN(fusable)(job, row, f64 ? LK_F64 : LK_F32)) {
-            const int64_t off = c_lo * LK_CHUNK, n = (c_hi * LK_CHUNK < numel ? c_hi * LK_CHUNK : numel) - off;
-            if (f64) LK_FN(fused_double)(job, row, drow, off, n);
-            else LK_FN(fused_float)(job, row, drow, off, n);
+            if (f64) LK_FN(fused_double)(job, row, drow, seg_off, seg_n);
+            else LK_FN(fused_float)(job, row, drow, seg_off, seg_n);
+        } else if (c_lo < c_hi && !f64 && LK_FN(sign_only)(job) && LK_FN(conv_float)(job, row, drow, seg_off, seg_n)) {
         } else {
             for (int64_t c = c_lo; c < c_hi; ++c) {
                 const int64_t off = c * LK_CHUNK, n = numel - off < LK_CHUNK ? numel - off : LK_CHUNK;
