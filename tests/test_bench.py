@@ -121,7 +121,8 @@ def test_report_marks_noisy_rows_and_a_busy_machine():
         row | {"name": DEFAULT_NAME, "ms": 1.0, "roof_pct": 90.0, "noisy": True, "note": None},
         row | {"name": ADAMW_NAME, "family": "adamw", "ms": 2.0, "roof_pct": 130.0, "noisy": False, "note": None},
     ]
-    report = dict(params=1e6, dtype="float32", tensors=10, device="CPU", roof_gbs=10.0, rounds=30, results=rows, not_installed=[],
+    report = dict(params=1e6, dtype="float32", tensors=10, device="CPU", roof="in-place a += s*b", roof_gbs=10.0, rounds=30,
+                  results=rows, not_installed=[],
                   threads=os.cpu_count(),
                   ideal_bytes_per_param={"lion": 20, "adamw": 28}, tolerance=0.05, other_load=0.4,
                   comparisons=[{"label": "lionk default vs torch AdamW(fused=True)", "text": "not determined: ..."}])  # fmt: skip

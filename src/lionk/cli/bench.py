@@ -446,8 +446,8 @@ def format_report(report: dict) -> str:
         )
     if any(r.get("roof_pct", 0) > 100 for r in report["results"]):
         notes.append(
-            "% roof above 100: the step moved its bytes faster than the in-place add over --roof-size elements that serves as "
-            "the roof (a parameter set that fits in cache does, or that add is not the fastest way to stream memory here)"
+            f"% roof above 100: the step moved its bytes faster than the roof ({report['roof']}) did in the same rounds "
+            "(a parameter set that fits in cache does, or the roof is not the fastest way to stream memory here)"
         )
     load = report.get("other_load")
     if contended(load, report["threads"]):
