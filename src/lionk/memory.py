@@ -12,25 +12,34 @@ from typing import Any
 
 import torch
 
-__all__ = ["state_bytes"]
+__all__ = ["state_bytes", "tensors_in"]
 
 
-def _tensors(value: Any) -> Iterable[torch.Tensor]:
+def tensors_in(value: Any, seen: set[int] | None = None) -> Iterable[torch.Tensor]:
+    """Every tensor reachable from ``value``: in mappings, sequences and the attributes of other objects (some
+    optimizers keep their state in wrapper objects, e.g. flashoptim's quantised tensors)."""
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return
+    seen.add(id(value))
     if isinstance(value, torch.Tensor):
         yield value
     elif isinstance(value, dict):
         for v in value.values():
-            yield from _tensors(v)
+            yield from tensors_in(v, seen)
     elif isinstance(value, (list, tuple)):
         for v in value:
-            yield from _tensors(v)
+            yield from tensors_in(v, seen)
+    elif hasattr(value, "__dict__") and not isinstance(value, type):
+        for v in vars(value).values():
+            yield from tensors_in(v, seen)
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Total bytes of all tensors in ``optimizer.state`` (each distinct storage range counted once)."""
     seen: set[tuple[int, int]] = set()
     total = 0
-    for t in _tensors(dict(optimizer.state)):
+    for t in tensors_in(dict(optimizer.state)):
         nbytes = t.numel() * t.element_size()
         key = (t.data_ptr(), nbytes)
         if key not in seen:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import importlib.util
 import io
 import itertools
 import json
@@ -35,14 +36,17 @@ import re
 import statistics
 import sys
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from .. import Lion, state_bytes
 from .._engine import native
+from ..memory import tensors_in
 from . import CLIError
 from .checks import integer, number, output_file
 from .machine import OtherLoad, available_bytes, contended, cpu_name
@@ -145,12 +149,20 @@ def _contenders(device: torch.device, dtype: torch.dtype) -> tuple[list[Contende
     ]
     if cuda:  # opt-in until lionk._engine.dispatch.TRITON_BY_DEFAULT is set; fails with its reason where triton cannot run
         contenders.insert(1, Contender(TRITON_NAME, "lion", lambda ps: Lion(ps, lr=LION_LR, weight_decay=0.1, fused=True)))
+    # FlashLion's quantisation and error-correction bits need CUDA: on CPU it runs as a plain float32 Lion
+    flash_cpu = {} if cuda else dict(quantize=False, master_weight_bits=None, fused=False)
     peers = {
         "lion-pytorch": ("lion_pytorch", lambda m: lambda ps: m.Lion(ps, lr=LION_LR, weight_decay=0.1)),
         "lion-pytorch foreach": ("lion_pytorch.foreach", lambda m: lambda ps: m.Lion(ps, lr=LION_LR, weight_decay=0.1)),
-        "timm Lion": ("timm.optim", lambda m: lambda ps: m.Lion(ps, lr=LION_LR, weight_decay=0.1)),
+        "timm Lion": ("timm.optim.lion", lambda m: lambda ps: m.Lion(ps, lr=LION_LR, weight_decay=0.1)),
         "pytorch_optimizer Lion": ("pytorch_optimizer", lambda m: lambda ps: m.Lion(ps, lr=LION_LR, weight_decay=0.1)),
         "bitsandbytes Lion32bit": ("bitsandbytes.optim", lambda m: lambda ps: m.Lion32bit(ps, lr=LION_LR, weight_decay=0.1)),
+        "torch-optimi Lion": ("optimi", lambda m: lambda ps: m.Lion(ps, lr=LION_LR, weight_decay=0.1)),
+        "heavyball Lion": ("heavyball", lambda m: lambda ps: m.ForeachLion(ps, lr=LION_LR, weight_decay=0.1)),
+        "flashoptim FlashLion" + ("" if cuda else " (CPU)"): (
+            "flashoptim",
+            lambda m: lambda ps: m.FlashLion(ps, lr=LION_LR, weight_decay=0.1, **flash_cpu),
+        ),
     }
     if cuda:
         peers["lion-pytorch triton"] = ("lion_pytorch", lambda m: lambda ps: m.Lion(ps, lr=LION_LR, weight_decay=0.1, use_triton=True))
@@ -158,10 +170,37 @@ def _contenders(device: torch.device, dtype: torch.dtype) -> tuple[list[Contende
     for name, (module, factory) in peers.items():
         try:
             with _quiet():
-                contenders.append(Contender(name, "lion", factory(importlib.import_module(module))))
-        except Exception as err:  # a peer that fails to import is reported, not fatal
-            missing.append(f"{name} ({type(err).__name__}: {str(err).splitlines()[0][:80] if str(err) else ''})")
+                make = factory(_import_peer(module))
+                probe = torch.nn.Parameter(torch.zeros(8, device=device, dtype=dtype))
+                probe.grad = torch.zeros_like(probe)
+                make([probe]).step()  # a peer that imports but cannot step here is reported, not fatal
+            contenders.append(Contender(name, "lion", make))
+        except Exception as err:
+            missing.append(f"{name} ({type(err).__name__}: {str(err).splitlines()[0][:100] if str(err) else ''})")
     return contenders, missing
+
+
+def _import_peer(module: str):
+    """Import a peer's module; timm's Lion is one file that needs only torch, while importing timm needs torchvision
+    (which may not install beside this torch): it is loaded from that file alone when timm will not import."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if module != "timm.optim.lion":
+            raise
+    spec = importlib.util.find_spec("timm")
+    if spec is None or spec.origin is None:
+        raise ImportError("timm is not installed")
+    folder = Path(spec.origin).parent / "optim"
+    package = types.ModuleType("_timm_optim")
+    package.__path__ = [str(folder)]
+    sys.modules["_timm_optim"] = package
+    for name in ("_helpers", "lion"):
+        file_spec = importlib.util.spec_from_file_location(f"_timm_optim.{name}", folder / f"{name}.py")
+        loaded = importlib.util.module_from_spec(file_spec)
+        sys.modules[file_spec.name] = loaded
+        file_spec.loader.exec_module(loaded)
+    return sys.modules["_timm_optim.lion"]
 
 
 def _sync(device: torch.device) -> None:
@@ -273,10 +312,6 @@ class _Progress:
             sys.stderr.flush()
 
 
-def _streamed(t: object) -> bool:
-    return isinstance(t, torch.Tensor) and t.dim() > 0
-
-
 def _setup(contenders: list[Contender], params, device: torch.device, warmup: int, progress) -> dict[str, torch.optim.Optimizer]:
     """Build each contender's optimizer, time its first step, warm it up and read its state size."""
     optimizers = {}
@@ -288,7 +323,7 @@ def _setup(contenders: list[Contender], params, device: torch.device, warmup: in
             for _ in range(warmup):
                 opt.step()
             c.state_bytes = state_bytes(opt)
-            c.streamed_bytes = sum(t.numel() * t.element_size() for st in opt.state.values() for t in st.values() if _streamed(t))
+            c.streamed_bytes = sum(t.numel() * t.element_size() for t in tensors_in(dict(opt.state)) if t.dim() > 0)
             if c.storage is not None and (share := _stored_share(opt, c.storage)) < STORED_SHARE:
                 requested = str(c.storage).replace("torch.", "")
                 c.note = (
