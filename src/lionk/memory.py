@@ -1,8 +1,9 @@
 """Optimizer memory: bytes held in an optimizer's state.
 
 ``state_bytes(opt) = sum over every tensor t reachable in opt.state of t.numel() * t.element_size()``,
-counting a tensor shared between entries once. For Lion that is one momentum per parameter (4 B per fp32
-parameter); for AdamW two moments (8 B) plus a step counter per parameter.
+counting a tensor shared between entries once, tensors kept inside other objects included. For Lion that is one
+momentum per parameter (4 B per fp32 parameter) plus a 4-byte step counter per tensor; for AdamW two moments (8 B)
+plus the same counter.
 """
 
 from __future__ import annotations
