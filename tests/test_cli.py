@@ -18,6 +18,7 @@ from lionk.cli.machine import OtherLoad
 from lionk.cli.toy import run_kernel, theoretical_optimum
 from lionk.cli.training import (
     OptimSpec,
+    _make_optimizer,
     RunResult,
     Settings,
     hyperparameters,
@@ -153,6 +154,8 @@ def test_parse_optims_and_hyperparameters():
         "cautious": False,
         "momentum_dtype": None,
         "stochastic_rounding": True,
+        "gradient_release": False,
+        "weight_decay_mode": "decoupled",
     }
     assert hyperparameters(specs[1], s)["kernel"] == "l2"
     assert hyperparameters(specs[2], s)["kernel"] == "huber(a=0.5)" and hyperparameters(specs[2], s)["lr"] == 1e-4
@@ -172,15 +175,52 @@ def test_training_is_deterministic_and_shares_start_and_batches(text_file):
     assert 0 < step_bytes < 0.01 * a.state_bytes and step_bytes % 4 == 0
 
 
+def test_gradient_release_and_wd_modes_in_training(text_file):
+    """release=1 steps inside backward: without clipping the same run as without it, bitwise, with fewer gradients
+    held at once; wd_mode=independent with wd = peak lr * wd is the decoupled run (the same per-step decay)."""
+    corpus = load_corpus(str(text_file))
+    s = Settings(
+        steps=4, batch_size=2, block_size=8, n_layer=1, n_head=2, n_embd=128, warmup=1, eval_interval=4, eval_iters=1, grad_clip=0.0
+    )
+    init = initial_state(s, corpus.vocab_size)
+    plain = train(OptimSpec("lion", "lion"), corpus, s, init)
+    released = train(OptimSpec("lion:release=1", "lion", {"release": "1"}), corpus, s, init)
+    assert released.step_loss == plain.step_loss and released.val_loss == plain.val_loss
+    assert released.memory["gradients"] < plain.memory["gradients"] == 4.0
+    assert released.memory["step_temporaries"] is None and plain.memory["step_temporaries"] is not None
+    peak_lr = plain.hyperparameters["lr"]
+    independent = train(OptimSpec("i", "lion", {"wd_mode": "independent", "wd": repr(peak_lr * 0.3)}), corpus, s, init)
+    assert independent.step_loss == pytest.approx(plain.step_loss, rel=1e-6)
+    assert independent.diagnostics[0]["decay"] == pytest.approx(0.3)
+    cautious = train(OptimSpec("c", "lion", {"wd_mode": "cautious"}), corpus, s, init)
+    assert cautious.diagnostics[0]["constraint"] == "not enforced (cautious decay)" and cautious.diagnostics[0]["stationarity"] is None
+
+
+def test_release_clips_per_tensor(text_file):
+    """Under gradient release --grad-clip clips each tensor's gradient on its own (max_grad_norm)."""
+    corpus = load_corpus(str(text_file))
+    s = Settings(steps=2, batch_size=2, block_size=8, n_layer=1, n_head=2, n_embd=16, warmup=1, eval_interval=2, eval_iters=1)
+    spec = OptimSpec("lion:release=1", "lion", {"release": "1"})
+    model = GPT(s.model_config(corpus.vocab_size))
+    opt = _make_optimizer(spec, model, hyperparameters(spec, s), grad_clip=0.5)
+    assert opt.gradient_release and all(g["max_grad_norm"] == 0.5 for g in opt.param_groups)
+    plain = OptimSpec("lion", "lion")
+    assert _make_optimizer(plain, model, hyperparameters(plain, s), grad_clip=0.5).param_groups[0]["max_grad_norm"] is None
+
+
 # -- compare and sweep end to end ---------------------------------------------------------------
 
 
 def test_compare_writes_table_png_json(tmp_path, text_file, capsys):
     assert main(["compare", "--data", str(text_file), "--optim", "lion,lion:kernel=l2,adamw", "--out", str(tmp_path), *TINY]) == 0
     out = capsys.readouterr().out
-    for col in ("train", "val", "tokens/s", "opt step ms", "state bytes", "peak RSS MB", "lion:kernel=l2"):
+    for col in ("train", "val", "tokens/s", "opt step ms", "state bytes", "peak RSS MB", "lion:kernel=l2", "together", "step temp"):
         assert col in out
     report = json.loads((tmp_path / "compare.json").read_text())
+    lion, adamw = report["runs"][0]["memory"], report["runs"][2]["memory"]
+    assert lion["weights"] == lion["gradients"] == 4.0 and adamw["state"] > 2 * lion["state"] - 0.1
+    assert lion["together"] == pytest.approx(lion["weights"] + lion["gradients"] + lion["state"])
+    assert report["runs"][0]["params"] > 0 and report["runs"][0]["peak_rss_mb"] > 0
     assert [r["label"] for r in report["runs"]] == ["lion", "lion:kernel=l2", "adamw"]
     assert report["runs"][0]["val_loss"][-1][0] == 4 and len(report["runs"][0]["step_loss"]) == 4
     assert (tmp_path / "compare.png").stat().st_size > 1000
@@ -330,8 +370,8 @@ def test_diagnostics_table_has_a_row_per_group_and_no_empty_columns():
     text = format_diagnostics([_result("lion", None, groups), _result("adamw", None)])
     lines = text.splitlines()
     assert "tensor" not in text and "shape" not in text
-    assert [line.split()[0] for line in lines[3:]] == ["lion", "lion"]
-    assert "25.0%" in lines[3] and "none (wd = 0)" in lines[4]
+    assert [line.split()[0] for line in lines[4:]] == ["lion", "lion"]
+    assert "25.0%" in lines[4] and "none (wd = 0)" in lines[5]
 
 
 def test_measured_other_load_is_a_share_or_unknown():

@@ -119,3 +119,21 @@ def test_several_groups_and_the_table():
     table = format_diagnostics(report)
     assert "group 0: weight_decay=4 kernel=sign constraint: box ||x||_inf <= 1/wd" in table
     assert "weight" in table and "2x3" in table and "100.0%" in table and "bias" in table
+
+
+def test_weight_decay_modes_set_the_box():
+    """independent: the per-step decay is 1 - lr * wd / initial_lr, so the box is |x| <= initial_lr / wd; cautious
+    enforces no box (measured against 1/wd all the same, without a score)."""
+    x = torch.tensor([10.0, 5.0, -10.0, 0.0])
+    p = torch.nn.Parameter(x.clone())
+    p.grad = torch.ones(4)
+    independent = Lion([p], lr=0.01, weight_decay=0.001, weight_decay_mode="independent")
+    (g,) = diagnostics(independent)
+    assert g.decay == pytest.approx(0.1) and g.weight_decay == 0.001
+    assert g.constraint == "box ||x||_inf <= initial_lr/wd" and g.boundary_fraction == 0.5 and g.max_scaled == pytest.approx(1.0)
+    assert "per-step decay 1 - lr * 0.1" in format_diagnostics([g])
+    cautious = Lion([p], lr=0.01, weight_decay=0.1, weight_decay_mode="cautious")
+    (g,) = diagnostics(cautious)
+    assert g.constraint == "not enforced (cautious decay)" and g.boundary_fraction == 0.5 and g.stationarity is None
+    (g,) = diagnostics(Lion([p], lr=0.01, weight_decay=0.1))
+    assert g.constraint == "box ||x||_inf <= 1/wd" and g.decay == 0.1 and g.stationarity is not None

@@ -24,7 +24,13 @@ Groups with :math:`\lambda = 0` report that no constraint applies (``constraint=
 describes the kernels whose :math:`K^*` is finite only on the box (``sign``, ``power(p=1)``, ``huber``,
 ``relativistic``, ``tanh``) and :math:`S` is the score of ``sign`` and ``power(p=1)`` only (the others add a
 penalty or barrier inside the box); groups with other kernels (norm balls, penalties) get
-``constraint="not covered"`` and ``None`` fields. Complex parameters count as pairs of reals. Sharded parameters
+``constraint="not covered"`` and ``None`` fields.
+
+:math:`\lambda` is the coefficient of the per-step decay :math:`1 - \eta\lambda`: the group's ``weight_decay``, or
+``weight_decay / initial_lr`` for ``weight_decay_mode="independent"`` (whose box is
+:math:`\|x\|_\infty \le` ``initial_lr / weight_decay``). ``weight_decay_mode="cautious"`` enforces no box (the decay
+never opposes the step): its groups get ``constraint="not enforced (cautious decay)"``, the box fields measured
+against :math:`1/\lambda` all the same (how far the weights stray from it) and no score. Complex parameters count as pairs of reals. Sharded parameters
 (DTensor, FSDP2) are gathered first, so the figures are those of the whole tensor (a collective: call it on every rank).
 """
 
@@ -36,6 +42,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ._engine.work import group_hyper
 from ._tensor import as_real, is_dtensor
 from .kernels import Huber, Kernel, Power, Relativistic, Sign, Tanh, get_kernel
 
@@ -62,9 +69,11 @@ class GroupDiagnostics:
     """One param group: its constraint and the tensors, with totals over the group (numel-weighted)."""
 
     index: int
-    weight_decay: float
+    weight_decay: float  # the group's weight_decay
     kernel: str
-    constraint: str  # "box ||x||_inf <= 1/wd", "none" (wd = 0) or "not covered" (kernel without a box)
+    constraint: str  # "box ||x||_inf <= 1/wd" (or "<= initial_lr/wd"), "none" (wd = 0), "not covered" (kernel without a
+    # box) or "not enforced (cautious decay)"
+    decay: float = 0.0  # the coefficient lambda of the per-step decay 1 - lr * lambda
     tensors: list[TensorDiagnostics] = field(default_factory=list)
     boundary_fraction: float | None = None
     max_scaled: float | None = None
@@ -101,13 +110,20 @@ def diagnostics(
     labels = {id(p): n for n, p in names} if names is not None else {}
     report = []
     for gi, group in enumerate(optimizer.param_groups):
-        wd = float(group.get("weight_decay", 0.0))
+        mode = group.get("weight_decay_mode", "decoupled")
+        given = float(group.get("weight_decay", 0.0))
+        wd = group_hyper(group, gi).weight_decay if "weight_decay_mode" in group else given
         kernel = get_kernel(group.get("kernel", "sign"))
         sign = -1.0 if group.get("maximize", False) else 1.0
         box = wd > 0 and _has_box(kernel)
-        score = grads and (wd == 0 or _has_score(kernel))
-        constraint = "none" if wd == 0 else ("box ||x||_inf <= 1/wd" if box else "not covered")
-        out = GroupDiagnostics(index=gi, weight_decay=wd, kernel=kernel.spec, constraint=constraint)
+        score = grads and (wd == 0 or (_has_score(kernel) and mode != "cautious"))
+        if wd == 0 or not box:
+            constraint = "none" if wd == 0 else "not covered"
+        elif mode == "cautious":
+            constraint = "not enforced (cautious decay)"
+        else:
+            constraint = "box ||x||_inf <= initial_lr/wd" if mode == "independent" else "box ||x||_inf <= 1/wd"
+        out = GroupDiagnostics(index=gi, weight_decay=given, kernel=kernel.spec, constraint=constraint, decay=wd)
         at_boundary, total, max_scaled, s_sum, s_numel = 0, 0, 0.0, 0.0, 0
         for pi, p in enumerate(group["params"]):
             x = as_real(_whole(p.detach())).to(torch.float64)
@@ -143,7 +159,9 @@ def format_diagnostics(report: list[GroupDiagnostics], per_tensor: bool = True) 
     lines = []
     for group in report:
         lines.append(
-            f"group {group.index}: weight_decay={group.weight_decay:g} kernel={group.kernel} constraint: "
+            f"group {group.index}: weight_decay={group.weight_decay:g}"
+            + (f" (per-step decay 1 - lr * {group.decay:g})" if group.decay != group.weight_decay else "")
+            + f" kernel={group.kernel} constraint: "
             + ("none (weight_decay = 0, no constraint applies)" if group.constraint == "none" else group.constraint)
         )
         lines.append(header)

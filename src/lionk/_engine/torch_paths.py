@@ -64,37 +64,61 @@ def run_reference(slots: list[Slot], hyper: Hyper) -> None:
         x = as_real(s.weight).to(opmath)
         g = as_real(s.grad).to(opmath)
         m = s.storage.read(s.state, opmath)
-        new_x, new_m = lion_k_update(x, g, m, lr=lr, decay=decay, direction=direction, **kwargs)
-        store_slot(s, new_x, new_m)
+        store_slot(s, *lion_k_update(x, g, m, lr=lr, decay=decay, direction=direction, **kwargs))  # none kept past its tensor
+
+
+#: The foreach path steps the tensors of one device and opmath dtype in runs of about this many elements, so that
+#: its temporaries (a few lists' worth) stay bounded instead of growing with the model; the values are the same,
+#: every operation being per tensor.
+FOREACH_CHUNK = 1 << 22
+
+
+def _runs(slots: list[Slot]) -> list[list[Slot]]:
+    """``slots`` split into consecutive runs of at least FOREACH_CHUNK elements (the last one may be shorter)."""
+    runs, run, numel = [], [], 0
+    for s in slots:
+        run.append(s)
+        numel += s.weight.numel()
+        if numel >= FOREACH_CHUNK:
+            runs.append(run)
+            run, numel = [], 0
+    return runs + [run] if run else runs
 
 
 def run_foreach(slots: list[Slot], hyper: Hyper) -> None:
-    """The foreach path: the formula on the lists of tensors of one device and opmath dtype at a time."""
-    kwargs = _update_kwargs(hyper)
-    one = lambda c: tensor_direction(hyper.kernel, c)
-    direction = lambda cs: foreach_direction(hyper.kernel, cs, one)
+    """The foreach path: the formula on the lists of tensors of one device and opmath dtype at a time (in runs of
+    about FOREACH_CHUNK elements)."""
     buckets: dict[tuple, list[Slot]] = defaultdict(list)
     for s in slots:
         buckets[s.weight.device, opmath_dtype(s.weight.dtype)].append(s)
-    for (_, opmath), group in buckets.items():
-        scales = [s.lr_scale for s in group]
-        if all(scale == 1.0 for scale in scales):
-            lr, decay = _lr(hyper, 1.0, opmath)
-        elif isinstance(hyper.lr, Tensor):  # one tensor lr times a number per tensor: not a foreach operand
-            run_reference(group, hyper)
-            continue
-        else:
-            lr = [hyper.lr * scale for scale in scales]
-            decay = [1 - v * hyper.weight_decay for v in lr]
-        xs = TensorList([as_real(s.weight).to(opmath) for s in group])
-        gs = TensorList([as_real(s.grad).to(opmath) for s in group])
-        ms = TensorList([s.storage.read(s.state, opmath) for s in group])
-        new_xs, new_ms = lion_k_update(xs, gs, ms, lr=lr, decay=decay, direction=direction, **kwargs)
-        plain = [i for i, s in enumerate(group) if s.key is None and isinstance(s.storage, FloatStorage)]
-        if plain:
-            torch._foreach_copy_([as_real(group[i].weight) for i in plain], [new_xs.items[i] for i in plain])
-            torch._foreach_copy_([as_real(group[i].state["exp_avg"]) for i in plain], [new_ms.items[i] for i in plain])
-        done = set(plain)
-        for i, s in enumerate(group):
-            if i not in done:
-                store_slot(s, new_xs.items[i], new_ms.items[i])
+    for (_, opmath), bucket in buckets.items():
+        for run in _runs(bucket):
+            _run_lists(run, hyper, opmath)
+
+
+def _run_lists(group: list[Slot], hyper: Hyper, opmath: torch.dtype) -> None:
+    """One foreach step of ``group``, whose tensors share a device and opmath dtype."""
+    kwargs = _update_kwargs(hyper)
+    one = lambda c: tensor_direction(hyper.kernel, c)
+    direction = lambda cs: foreach_direction(hyper.kernel, cs, one)
+    scales = [s.lr_scale for s in group]
+    if all(scale == 1.0 for scale in scales):
+        lr, decay = _lr(hyper, 1.0, opmath)
+    elif isinstance(hyper.lr, Tensor):  # one tensor lr times a number per tensor: not a foreach operand
+        run_reference(group, hyper)
+        return
+    else:
+        lr = [hyper.lr * scale for scale in scales]
+        decay = [1 - v * hyper.weight_decay for v in lr]
+    xs = TensorList([as_real(s.weight).to(opmath) for s in group])
+    gs = TensorList([as_real(s.grad).to(opmath) for s in group])
+    ms = TensorList([s.storage.read(s.state, opmath) for s in group])
+    new_xs, new_ms = lion_k_update(xs, gs, ms, lr=lr, decay=decay, direction=direction, **kwargs)
+    plain = [i for i, s in enumerate(group) if s.key is None and isinstance(s.storage, FloatStorage)]
+    if plain:
+        torch._foreach_copy_([as_real(group[i].weight) for i in plain], [new_xs.items[i] for i in plain])
+        torch._foreach_copy_([as_real(group[i].state["exp_avg"]) for i in plain], [new_ms.items[i] for i in plain])
+    done = set(plain)
+    for i, s in enumerate(group):
+        if i not in done:
+            store_slot(s, new_xs.items[i], new_ms.items[i])

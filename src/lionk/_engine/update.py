@@ -109,7 +109,9 @@ def lion_k_update(
     if cautious:
         u = u.map(cautious_mask, g) if isinstance(u, TensorList) else cautious_mask(u, g)
     u = u + (c - c)
+    del c  # each temporary freed once used: at most four tensors' worth are alive at once
     new_x = decayed(x, u, lr, decay, cautious_decay)
+    del u
     new_m = ema(m, g, beta2)
     if skip:
         new_x = x.where(bad, new_x)

@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 
 from .. import Lion, state_bytes
+from ..memory import step_temporaries
 from .._engine import native
 from ..memory import tensors_in
 from . import CLIError
@@ -70,6 +71,7 @@ class Contender:
     samples_ms: list[float] = field(default_factory=list)
     first_step_ms: float | None = None
     state_bytes: int | None = None
+    temporary_bytes: int | None = None  # what one step allocates beyond the weights, gradients and state
     streamed_bytes: int | None = None  # the state a step reads and writes: all but the 0-d step counters
     error: str | None = None
     note: str | None = None
@@ -313,7 +315,8 @@ class _Progress:
 
 
 def _setup(contenders: list[Contender], params, device: torch.device, warmup: int, progress) -> dict[str, torch.optim.Optimizer]:
-    """Build each contender's optimizer, time its first step, warm it up and read its state size."""
+    """Build each contender's optimizer, time its first step, warm it up, read its state size and measure the
+    temporaries of one more step."""
     optimizers = {}
     for i, c in enumerate(contenders, 1):
         progress(f"lionk bench: setting up {c.name} ({i}/{len(contenders)}): first step and {warmup} warm-up steps")
@@ -323,6 +326,7 @@ def _setup(contenders: list[Contender], params, device: torch.device, warmup: in
             for _ in range(warmup):
                 opt.step()
             c.state_bytes = state_bytes(opt)
+            c.temporary_bytes = step_temporaries(opt.step, device)
             c.streamed_bytes = sum(t.numel() * t.element_size() for t in tensors_in(dict(opt.state)) if t.dim() > 0)
             if c.storage is not None and (share := _stored_share(opt, c.storage)) < STORED_SHARE:
                 requested = str(c.storage).replace("torch.", "")
@@ -407,6 +411,14 @@ def run_bench(
     for c in contenders:
         row = {"name": c.name, "family": c.family, "first_step_ms": c.first_step_ms, "state_bytes": c.state_bytes, "error": c.error}
         row["note"] = c.note
+        if c.state_bytes is not None and c.temporary_bytes is not None:
+            row["memory_per_param"] = {  # the bench's gradients are all live at a step, as without gradient release
+                "weights": elt,
+                "gradients": elt,
+                "state": c.state_bytes / n_params,
+                "step_temporaries": c.temporary_bytes / n_params,
+                "together": 2 * elt + (c.state_bytes + c.temporary_bytes) / n_params,
+            }
         if c.samples_ms:
             ideal = 3 * elt + 2 * c.streamed_bytes / n_params
             ms, low, high = median_interval(c.samples_ms)
@@ -445,6 +457,25 @@ def run_bench(
         "comparisons": comparisons,
         "not_installed": missing,
     }
+
+
+def _memory_lines(report: dict) -> list[str]:
+    """Bytes per parameter at a step: weights, gradients, state, the step's temporaries and their sum."""
+    rows = [r for r in report["results"] if r.get("memory_per_param")]
+    if not rows:
+        return []
+    how = "CUDA allocator's peak" if report["device"] and "CPU" not in report["device"] else "CPU allocator's events (torch.profiler)"
+    lines = [
+        f"memory at a step, bytes per parameter: weights, gradients and state measured on the live tensors, a step's",
+        f"temporaries from the {how}; 'together' is their sum, all held at once during a step",
+        f"{'optimizer':<26}{'weights':>8}{'gradients':>10}{'state':>7}{'step temp':>10}{'together':>9}",
+    ]
+    for r in rows:
+        m = r["memory_per_param"]
+        lines.append(
+            f"{r['name']:<26}{m['weights']:>8.2f}{m['gradients']:>10.2f}{m['state']:>7.2f}{m['step_temporaries']:>10.2f}{m['together']:>9.2f}"
+        )
+    return lines
 
 
 def format_report(report: dict) -> str:
@@ -487,7 +518,7 @@ def format_report(report: dict) -> str:
     load = report.get("other_load")
     if contended(load, report["threads"]):
         notes.append(f"other work took {load:.0%} of this machine's CPU time during the rounds: every timing here is contended")
-    lines += [*notes, ""]
+    lines += [*notes, "", *_memory_lines(report), ""]
     lines += [f"{v['label']}: {v['text']}" for v in report["comparisons"]]
     if report["not_installed"]:
         lines.append("peers not available here: " + "; ".join(report["not_installed"]))

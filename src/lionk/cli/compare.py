@@ -27,7 +27,7 @@ from ._deps import pyplot, require
 from .checks import integer, output_dir
 from .data import load_corpus
 from .machine import contended, machine
-from .training import OPTION_HELP, RunResult, Settings, hyperparameters, initial_state, parse_optims, train
+from .training import MEMORY_STEPS, OPTION_HELP, RunResult, Settings, hyperparameters, initial_state, parse_optims, train
 
 #: --quick's task: a tiny model and short runs (explicit flags still win).
 QUICK = dict(steps=150, batch_size=8, block_size=32, n_layer=2, n_head=2, n_embd=64, warmup=15, eval_interval=50, eval_iters=5)
@@ -146,15 +146,12 @@ def _share(value: float | None) -> str:
 def format_table(results: list[RunResult]) -> str:
     """The results table, with a note under it when other work competed for this process's CPUs in some run."""
     width = max(28, *(len(r.label) for r in results))
-    header = (
-        f"{'optimizer':<{width}} {'train':>7} {'val':>7} {'tokens/s':>9} {'opt step ms':>11} {'state bytes':>11} "
-        f"{'peak RSS MB':>11} {'other load':>10}"
-    )
+    header = f"{'optimizer':<{width}} {'train':>7} {'val':>7} {'tokens/s':>9} {'opt step ms':>11} {'state bytes':>11} {'other load':>10}"
     lines = [header, "-" * len(header)]
     for r in results:
         lines.append(
             f"{r.label:<{width}} {r.final_train:>7.4f} {r.final_val:>7.4f} {r.tokens_per_s:>9.0f} {r.optimizer_step_ms:>11.3f} "
-            f"{r.state_bytes:>11,d} {r.peak_rss_mb:>11.0f} {_share(r.other_load):>10}"
+            f"{r.state_bytes:>11,d} {_share(r.other_load):>10}"
         )
     busy = [r for r in results if contended(r.other_load, torch.get_num_threads())]
     if busy:
@@ -172,21 +169,44 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def format_memory(results: list[RunResult]) -> str:
+    """Where the training memory goes: bytes per parameter of the weights, gradients and optimizer state at their
+    peaks, their largest sum at one moment, a step's temporaries, and the run's peak resident memory."""
+    width = max(len("optimizer"), *(len(r.label) for r in results))
+    n = results[0].params
+    lines = [
+        f"memory, bytes per parameter ({n:,d} parameters), measured on the live tensors over the first {MEMORY_STEPS} steps: each at its",
+        "peak; 'together' is the largest sum of the three at one moment; 'step temp' what optimizer.step() allocated beyond",
+        "them (- under gradient release, whose steps run inside backward); activations are not counted, peak RSS counts all",
+        f"{'optimizer':<{width}}  {'weights':>7} {'gradients':>9} {'state':>6} {'together':>8} {'step temp':>9} {'peak RSS MB':>11}",
+    ]
+    for r in results:
+        m = r.memory
+        lines.append(
+            f"{r.label:<{width}}  {m['weights']:>7.2f} {m['gradients']:>9.2f} {m['state']:>6.2f} {m['together']:>8.2f} "
+            f"{_fmt(m['step_temporaries'], '.2f'):>9} {r.peak_rss_mb:>11.0f}"
+        )
+    if not all(r.peak_rss_per_run for r in results):
+        lines.append("note: peak RSS is the process's since it started (this platform cannot reset it between runs)")
+    return "\n".join(lines)
+
+
 def format_diagnostics(results: list[RunResult]) -> str:
     """One row per Lion run and param group: the constraint and how the weights sit in it (lionk.diagnostics)."""
     runs = [r for r in results if r.diagnostics]
     width = max(len("optimizer"), *(len(r.label) for r in runs))
     lines = [
         "constraint diagnostics at the end (lionk.diagnostics): with weight decay wd, Lion keeps every weight in |wd*x| <= 1;",
-        "'at boundary' is the share of weights with |wd*x| >= 0.99, S the stationarity score per weight (0 at a constrained optimum)",
-        f"{'optimizer':<{width}}  {'weights':<11} {'wd':>6} {'kernel':<14} {'constraint':<22} "
+        "'at boundary' is the share of weights with |wd*x| >= 0.99, S the stationarity score per weight (0 at a constrained optimum);",
+        "with wd_mode=independent the box's wd is wd / peak lr (the coefficient of the per-step decay 1 - lr * wd)",
+        f"{'optimizer':<{width}}  {'weights':<11} {'wd':>6} {'kernel':<14} {'constraint':<31} "
         f"{'at boundary':>11} {'max|wd*x|':>9} {'S':>10}",
     ]
     for r in runs:
         for g in r.diagnostics:
             constraint = "none (wd = 0)" if g["constraint"] == "none" else g["constraint"]
             lines.append(
-                f"{r.label:<{width}}  {g['group']:<11} {g['weight_decay']:>6.3g} {g['kernel']:<14} {constraint:<22} "
+                f"{r.label:<{width}}  {g['group']:<11} {g['weight_decay']:>6.3g} {g['kernel']:<14} {constraint:<31} "
                 f"{_fmt(g['boundary_fraction'], '.1%'):>11} {_fmt(g['max_scaled'], '.4f'):>9} {_fmt(g['stationarity'], '.3e'):>10}"
             )
     return "\n".join(lines)
@@ -231,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{spec.label}: kernel {hp['kernel']} takes matrices only; the 1-D weights (norm gains) use {hp['vector_kernel']}")
     results = run_all(specs, corpus, settings, "compare")
     print(format_table(results))
+    print("\n" + format_memory(results))
     if any(r.diagnostics for r in results):
         print("\n" + format_diagnostics(results))
     source = Path(corpus.source).name if args.data else "python-stdlib"

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CONTENDED", "OtherLoad", "available_bytes", "contended", "machine", "cpu_name"]
+__all__ = ["CONTENDED", "OtherLoad", "PeakRSS", "available_bytes", "contended", "machine", "cpu_name"]
 
 #: Share of the machine's CPU time that other work may take from the CPUs a measurement needs before its speed
 #: figures are called contended.
@@ -58,6 +58,41 @@ class OtherLoad:
         steal = end[1] - self._counters[1]
         ours = time.process_time() - self._ours
         return min(max((busy - ours + steal) / (wall * (os.cpu_count() or 1)), 0.0), 1.0)
+
+
+class PeakRSS:
+    """The peak resident memory of this process from construction to :meth:`mb`.
+
+    On Linux the high-water mark (``VmHWM``) is reset at construction (writing 5 to ``/proc/self/clear_refs``), so
+    the figure is this interval's own; elsewhere (or where the reset is refused) it is the process's peak since it
+    started, and ``per_interval`` is False.
+    """
+
+    def __init__(self) -> None:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.per_interval = self._hwm_kb() is not None
+        except OSError:
+            self.per_interval = False
+
+    @staticmethod
+    def _hwm_kb() -> int | None:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return None
+
+    def mb(self) -> float:
+        """Peak resident memory in MB (2**20 bytes)."""
+        kb = self._hwm_kb() if self.per_interval else None
+        if kb is None:
+            import resource
+
+            kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if platform.system() == "Darwin" else 1)
+        return kb / 1024
 
 
 def contended(other_load: float | None, threads: int) -> bool:

@@ -4,7 +4,8 @@ Schedule (nanoGPT's get_lr), for a peak lr, a floor min_lr = min_lr_ratio * lr, 
 lr_t = lr * (t+1)/(W+1) for t < W, then min_lr + (1 + cos(pi (t-W)/(T-W)))/2 * (lr - min_lr).
 
 Weight decay goes to 2-D (and larger) tensors only, as nanoGPT's configure_optimizers does; layer norms and
-biases are not decayed. Gradients are clipped to global norm grad_clip before each step. Every run starts
+biases are not decayed. Gradients are clipped to global norm grad_clip before each step (under gradient release,
+which never holds the whole gradient, each tensor's gradient to norm grad_clip on its own). Every run starts
 from the same initial weights and draws the same batches (a generator seeded with seed), so optimizers
 differ only in their updates. Every loss estimate is the mean over the same eval_iters batches of each split
 (drawn afresh from a generator seeded with seed + 1), so estimates differ only by the weights, and the final
@@ -15,8 +16,6 @@ from __future__ import annotations
 
 import math
 import re
-import resource
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,20 +24,22 @@ from typing import Any
 import torch
 
 from .. import Lion, LionSF, diagnostics, from_adamw, get_kernel, kernels, state_bytes
+from ..memory import MemoryTracker, step_temporaries
 from . import CLIError
 from .checks import integer, number
 from .data import Corpus
 from .gpt import GPT, GPTConfig
-from .machine import OtherLoad
+from .machine import OtherLoad, PeakRSS
 
 __all__ = ["OptimSpec", "Settings", "RunResult", "parse_optims", "lr_at", "initial_state", "train"]
 
 _NAMES = ("lion", "lionsf", "adamw")
-_LION_ONLY = ("kernel", "factor", "cautious", "momentum", "sr")
+_LION_ONLY = ("kernel", "factor", "cautious", "momentum", "sr", "release", "wd_mode")
 SF_MODES = ("agreement", "averaging")
 MOMENTUM_STORAGES = ("float32", "bfloat16", "int8")
 WEIGHT_DTYPES = ("float32", "bfloat16")
 SCHEDULES = ("cosine", "constant")
+WD_MODES = ("decoupled", "independent", "cautious")
 #: The kernels the command line documents (lionk.kernels has the same under these names).
 KERNELS = "sign, l2, lp(p=..), power(p=..), quadratic, huber(a=..), relativistic(a=..), tanh(a=..), linf, nuclear(method=..)"
 #: --optim keys: what each means, for --help.
@@ -54,9 +55,13 @@ OPTION_HELP = {
     "schedule": "cosine (warm-up then cosine; the default but for lionsf) or constant (warm-up then the peak lr)",
     "momentum": f"momentum storage: {', '.join(MOMENTUM_STORAGES)} (lion, lionsf; default: the weights' dtype)",
     "sr": "0 or 1: stochastic rounding of bfloat16 weights, default 1 (lion, lionsf)",
+    "release": "0 or 1: gradient release, each parameter stepped inside backward and its gradient freed at once; --grad-clip "
+    "then clips each tensor's gradient on its own (lion, lionsf in agreement mode)",
+    "wd_mode": "decoupled (decay lr * wd per step, the default), independent (wd * lr / peak lr per step: give wd as "
+    "lr * wd) or cautious (decay only where the step points the same way) (lion, lionsf)",
     "weights": f"{' or '.join(WEIGHT_DTYPES)}: the dtype the weights and gradients are stored in (the model computes in float32)",
 }
-_CHOICES = {"mode": SF_MODES, "schedule": SCHEDULES, "momentum": MOMENTUM_STORAGES, "weights": WEIGHT_DTYPES}
+_CHOICES = {"mode": SF_MODES, "schedule": SCHEDULES, "momentum": MOMENTUM_STORAGES, "weights": WEIGHT_DTYPES, "wd_mode": WD_MODES}
 #: numeric keys: (low, high, low_open, high_open)
 _RANGES = {
     "lr": (0.0, None, True, False),
@@ -107,7 +112,7 @@ def _check_option(name: str, key: str, value: str, entry: str) -> None:
         raise CLIError(f"option {key!r} does not apply to {name}{where}")
     if key in _CHOICES and value not in _CHOICES[key]:
         raise CLIError(f"invalid {key} {value!r}{where}: must be one of {', '.join(_CHOICES[key])}")
-    if key in ("cautious", "sr") and value not in ("0", "1"):
+    if key in ("cautious", "sr", "release") and value not in ("0", "1"):
         raise CLIError(f"invalid {key} {value!r}{where}: must be 0 or 1")
     if key in _RANGES:
         low, high, low_open, high_open = _RANGES[key]
@@ -139,6 +144,11 @@ def parse_optims(text: str) -> list[OptimSpec]:
                 raise CLIError(f"option {key!r} given twice in --optim entry {entry!r}")
             _check_option(name, key, value, entry)
             options[key] = value
+        if options.get("release") == "1" and options.get("mode") == "averaging":
+            raise CLIError(
+                f"option release=1 does not apply to lionsf in averaging mode in --optim entry {entry!r}: its averaged "
+                "weights need the whole step at once (use mode=agreement)"
+            )
         specs.append(OptimSpec(label=entry, name=name, options=options))
     labels = [s.label for s in specs]
     if len(set(labels)) != len(labels):
@@ -221,6 +231,8 @@ def hyperparameters(spec: OptimSpec, settings: Settings) -> dict[str, Any]:
     hp["cautious"] = o.get("cautious", "0") == "1"
     hp["momentum_dtype"] = o.get("momentum")  # None: the weights' dtype
     hp["stochastic_rounding"] = o.get("sr", "1") == "1"
+    hp["gradient_release"] = o.get("release", "0") == "1"
+    hp["weight_decay_mode"] = o.get("wd_mode", WD_MODES[0])
     if spec.name == "lionsf":
         hp["mode"] = o.get("mode", SF_MODES[0])
     return hp
@@ -231,7 +243,7 @@ def schedule_of(spec: OptimSpec) -> str:
     return spec.options.get("schedule", "constant" if spec.name == "lionsf" else "cosine")
 
 
-def _make_optimizer(spec: OptimSpec, model: torch.nn.Module, hp: dict[str, Any]) -> torch.optim.Optimizer:
+def _make_optimizer(spec: OptimSpec, model: torch.nn.Module, hp: dict[str, Any], grad_clip: float) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     groups: list[dict[str, Any]] = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp["weight_decay"]},
@@ -240,7 +252,10 @@ def _make_optimizer(spec: OptimSpec, model: torch.nn.Module, hp: dict[str, Any])
     if spec.name == "adamw":
         return torch.optim.AdamW(groups, lr=hp["lr"], betas=hp["betas"])
     groups[1]["kernel"] = hp.get("vector_kernel", hp["kernel"])
-    kw = {k: hp[k] for k in ("lr", "betas", "kernel", "cautious", "momentum_dtype", "stochastic_rounding")}
+    keys = ("lr", "betas", "kernel", "cautious", "momentum_dtype", "stochastic_rounding", "gradient_release", "weight_decay_mode")
+    kw = {k: hp[k] for k in keys}
+    if hp["gradient_release"] and grad_clip > 0:
+        kw["max_grad_norm"] = grad_clip  # per tensor: no global norm exists under gradient release
     if spec.name == "lionsf":
         return LionSF(groups, mode=hp["mode"], **kw)
     return Lion(groups, **kw)
@@ -258,11 +273,23 @@ def _forward(model: GPT) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.T
 GROUP_NAMES = ("2-D weights", "1-D weights")
 
 
+#: The steps over which a run's training memory is measured (it is the same at every step after the first, which
+#: makes the state; measuring costs a look at every tensor at each gradient).
+MEMORY_STEPS = 3
+
+
 @dataclass
 class RunResult:
     """What one run measured. Curves are lists of [step, value]; other_load is the share of the machine's
     CPU time that other work took during the run (None where it cannot be measured), a measure of how
-    contended the speed figures are; diagnostics holds one dict per param group (Lion and LionSF runs)."""
+    contended the speed figures are; diagnostics holds one dict per param group (Lion and LionSF runs).
+
+    memory: bytes per parameter (params of them) at their peak over the first MEMORY_STEPS steps, measured on the
+    live tensors (lionk.memory.MemoryTracker): "weights", "gradients", "state" and "together" (the largest sum
+    of the three at one moment), and "step_temporaries", what one optimizer.step() allocated beyond them
+    (lionk.memory.step_temporaries; None under gradient release, whose steps run inside backward). peak_rss_mb is
+    the process's peak resident memory during this run (peak_rss_per_run False: since the process started).
+    """
 
     label: str
     hyperparameters: dict[str, Any]
@@ -276,6 +303,9 @@ class RunResult:
     wall_s: float
     other_load: float | None = None
     diagnostics: list[dict[str, Any]] = field(default_factory=list)
+    params: int = 0
+    memory: dict[str, float | None] = field(default_factory=dict)
+    peak_rss_per_run: bool = False
 
     @property
     def final_train(self) -> float:
@@ -329,6 +359,7 @@ def _diagnostics(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
         {
             "group": GROUP_NAMES[g.index],
             "weight_decay": g.weight_decay,
+            "decay": g.decay,
             "kernel": g.kernel,
             "constraint": g.constraint,
             "boundary_fraction": g.boundary_fraction,
@@ -352,16 +383,19 @@ def train(
 
     progress(step, loss) is called after every step; log receives one line per evaluation.
     Tokens/s counts training tokens over the training time (evaluations excluded); the optimizer-step time is the
-    median of optimizer.step() after 5 warm-up steps; peak RSS is the process's high-water mark after the run
-    (cumulative over the runs of one process).
+    median of optimizer.step() after 5 warm-up steps; memory is measured as RunResult says.
     """
     load = OtherLoad()
+    rss = PeakRSS()
     model = GPT(settings.model_config(corpus.vocab_size))
     model.load_state_dict(init)
     model.to(getattr(torch, spec.options.get("weights", "float32")))
     forward = _forward(model)
     hp = hyperparameters(spec, settings)
-    optimizer = _make_optimizer(spec, model, hp)
+    tracker = MemoryTracker(model.parameters())  # before the optimizer: its hooks see a gradient before release frees it
+    optimizer = _make_optimizer(spec, model, hp, settings.grad_clip)
+    tracker.watch(optimizer)
+    temporaries = None
     peak = hp["lr"]
     schedule = schedule_of(spec)
     batches = torch.Generator().manual_seed(settings.seed)
@@ -389,19 +423,26 @@ def train(
         _, loss = forward(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if settings.grad_clip > 0:
+        if settings.grad_clip > 0 and not hp.get("gradient_release"):
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         s0 = time.perf_counter()
-        optimizer.step()
+        if step == MEMORY_STEPS - 1 and not hp.get("gradient_release"):  # a step after the first, not among the timed
+            temporaries = step_temporaries(optimizer.step)
+        else:
+            optimizer.step()
         t1 = time.perf_counter()
+        if step == MEMORY_STEPS - 1:
+            tracker.close()
         step_times.append(t1 - s0)
         train_time += t1 - t0
         step_loss.append(loss.item())
         if progress is not None:
             progress(step, step_loss[-1])
+    tracker.close()
     timed = sorted(step_times[5:] or step_times or [float("nan")])
     steps_done = len(step_loss)
-    peak_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    memory: dict[str, float | None] = dict(tracker.per_param())
+    memory["step_temporaries"] = None if temporaries is None else temporaries / max(tracker.numel, 1)
     return RunResult(
         label=spec.label,
         hyperparameters={k: list(v) if isinstance(v, tuple) else v for k, v in hp.items()},
@@ -411,10 +452,13 @@ def train(
         tokens_per_s=steps_done * settings.batch_size * settings.block_size / train_time if train_time > 0 else float("nan"),
         optimizer_step_ms=1e3 * timed[len(timed) // 2],
         state_bytes=state_bytes(optimizer),
-        peak_rss_mb=peak_rss_kb / (1024 if sys.platform != "darwin" else 1024 * 1024),
+        peak_rss_mb=rss.mb(),
         wall_s=time.perf_counter() - start,
         other_load=load.share(),
         diagnostics=_diagnostics(optimizer),
+        params=tracker.numel,
+        memory=memory,
+        peak_rss_per_run=rss.per_interval,
     )
 
 
