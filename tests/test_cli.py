@@ -18,9 +18,9 @@ from lionk.cli.machine import OtherLoad
 from lionk.cli.toy import run_kernel, theoretical_optimum
 from lionk.cli.training import (
     OptimSpec,
-    _make_optimizer,
     RunResult,
     Settings,
+    _make_optimizer,
     hyperparameters,
     initial_state,
     lr_at,

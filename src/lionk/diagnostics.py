@@ -30,8 +30,10 @@ penalty or barrier inside the box); groups with other kernels (norm balls, penal
 ``weight_decay / initial_lr`` for ``weight_decay_mode="independent"`` (whose box is
 :math:`\|x\|_\infty \le` ``initial_lr / weight_decay``). ``weight_decay_mode="cautious"`` enforces no box (the decay
 never opposes the step): its groups get ``constraint="not enforced (cautious decay)"``, the box fields measured
-against :math:`1/\lambda` all the same (how far the weights stray from it) and no score. Complex parameters count as pairs of reals. Sharded parameters
-(DTensor, FSDP2) are gathered first, so the figures are those of the whole tensor (a collective: call it on every rank).
+against :math:`1/\lambda` all the same (how far the weights stray from it) and no score.
+
+Complex parameters count as pairs of reals. Sharded parameters (DTensor, FSDP2) are gathered first, so the figures
+are those of the whole tensor (a collective: call it on every rank).
 """
 
 from __future__ import annotations

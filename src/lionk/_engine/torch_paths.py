@@ -82,7 +82,7 @@ def _runs(slots: list[Slot]) -> list[list[Slot]]:
         if numel >= FOREACH_CHUNK:
             runs.append(run)
             run, numel = [], 0
-    return runs + [run] if run else runs
+    return [*runs, run] if run else runs
 
 
 def run_foreach(slots: list[Slot], hyper: Hyper) -> None:

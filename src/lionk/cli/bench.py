@@ -45,9 +45,8 @@ from pathlib import Path
 import torch
 
 from .. import Lion, state_bytes
-from ..memory import step_temporaries
 from .._engine import native
-from ..memory import tensors_in
+from ..memory import step_temporaries, tensors_in
 from . import CLIError
 from .checks import integer, number, output_file
 from .machine import OtherLoad, available_bytes, contended, cpu_name
@@ -466,7 +465,7 @@ def _memory_lines(report: dict) -> list[str]:
         return []
     how = "CUDA allocator's peak" if report["device"] and "CPU" not in report["device"] else "CPU allocator's events (torch.profiler)"
     lines = [
-        f"memory at a step, bytes per parameter: weights, gradients and state measured on the live tensors, a step's",
+        "memory at a step, bytes per parameter: weights, gradients and state measured on the live tensors, a step's",
         f"temporaries from the {how}; 'together' is their sum, all held at once during a step",
         f"{'optimizer':<26}{'weights':>8}{'gradients':>10}{'state':>7}{'step temp':>10}{'together':>9}",
     ]
