@@ -141,3 +141,35 @@ def test_peak_rss_is_per_interval_on_linux():
     second = PeakRSS()
     assert high >= second.mb() + 32 or not second.per_interval
     assert second.mb() > 0
+
+
+def test_state_bytes_skips_parameters_that_a_peer_keeps_in_its_state():
+    """torch-optimi keeps each parameter's group (with its parameters) in the parameter's state: not state memory."""
+    p = torch.nn.Parameter(torch.zeros(100))
+    opt = torch.optim.SGD([p], lr=0.1)
+    opt.state[p] = {"group": opt.param_groups[0], "exp_avg": torch.zeros(100)}
+    assert state_bytes(opt) == 400
+
+
+class _Wrapped(torch.Tensor):
+    """A tensor subclass that holds its data in inner tensors, as torchao's 8-bit optimizer states do."""
+
+    @staticmethod
+    def __new__(cls, codes: torch.Tensor, scale: torch.Tensor):
+        t = torch.Tensor._make_wrapper_subclass(cls, codes.shape, dtype=torch.float32)
+        t.codes, t.scale = codes, scale
+        return t
+
+    def __tensor_flatten__(self):
+        return ["codes", "scale"], None
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        raise NotImplementedError(func)
+
+
+def test_state_bytes_counts_the_inner_tensors_of_a_wrapper_subclass():
+    p = torch.nn.Parameter(torch.zeros(1000))
+    opt = torch.optim.SGD([p], lr=0.1)
+    opt.state[p] = {"exp_avg": _Wrapped(torch.zeros(1000, dtype=torch.uint8), torch.ones(4))}
+    assert state_bytes(opt) == 1000 + 16

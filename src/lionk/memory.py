@@ -24,13 +24,17 @@ __all__ = ["MemoryTracker", "state_bytes", "step_temporaries", "tensors_in"]
 
 
 def tensors_in(value: Any, seen: set[int] | None = None) -> Iterable[torch.Tensor]:
-    """Every tensor reachable from ``value``: in mappings, sequences and the attributes of other objects (some
-    optimizers keep their state in wrapper objects, e.g. flashoptim's quantised tensors)."""
+    """Every tensor holding memory reachable from ``value``: in mappings, sequences and the attributes of other
+    objects (some optimizers keep their state in wrapper objects, e.g. flashoptim's quantised tensors), and the inner
+    tensors of a tensor subclass that wraps others (``__tensor_flatten__``, e.g. torchao's 8-bit states)."""
     seen = set() if seen is None else seen
     if id(value) in seen:
         return
     seen.add(id(value))
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, torch.Tensor) and hasattr(value, "__tensor_flatten__"):
+        for name in value.__tensor_flatten__()[0]:
+            yield from tensors_in(getattr(value, name), seen)
+    elif isinstance(value, torch.Tensor):
         yield value
     elif isinstance(value, dict):
         for v in value.values():
@@ -57,8 +61,10 @@ def _distinct_bytes(tensors: Iterable[torch.Tensor]) -> int:
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Total bytes of all tensors in ``optimizer.state`` (each distinct storage range counted once)."""
-    return _distinct_bytes(tensors_in(dict(optimizer.state)))
+    """Total bytes of all tensors in ``optimizer.state`` (each distinct storage range counted once), the parameters
+    themselves excepted (some optimizers keep a reference to a param group, with its parameters, in the state)."""
+    params = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    return _distinct_bytes(t for t in tensors_in(dict(optimizer.state)) if id(t) not in params)
 
 
 class MemoryTracker:

@@ -243,12 +243,21 @@ def schedule_of(spec: OptimSpec) -> str:
     return spec.options.get("schedule", "constant" if spec.name == "lionsf" else "cosine")
 
 
-def _make_optimizer(spec: OptimSpec, model: torch.nn.Module, hp: dict[str, Any], grad_clip: float) -> torch.optim.Optimizer:
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """nanoGPT's two groups: the 2-D (and larger) weights with weight_decay, the rest (gains, biases) without."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups: list[dict[str, Any]] = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp["weight_decay"]},
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+
+
+#: Builds a contender's optimizer from the model and its resolved hyperparameters (see train's ``make``).
+Factory = Callable[[torch.nn.Module, dict[str, Any]], torch.optim.Optimizer]
+
+
+def _make_optimizer(spec: OptimSpec, model: torch.nn.Module, hp: dict[str, Any], grad_clip: float) -> torch.optim.Optimizer:
+    groups = param_groups(model, hp["weight_decay"])
     if spec.name == "adamw":
         return torch.optim.AdamW(groups, lr=hp["lr"], betas=hp["betas"])
     groups[1]["kernel"] = hp.get("vector_kernel", hp["kernel"])
@@ -378,12 +387,15 @@ def train(
     *,
     progress: Callable[[int, float], None] | None = None,
     log: Callable[[str], None] | None = None,
+    make: Factory | None = None,
 ) -> RunResult:
     """Train one model with one optimizer for settings.steps steps and measure it.
 
-    progress(step, loss) is called after every step; log receives one line per evaluation.
-    Tokens/s counts training tokens over the training time (evaluations excluded); the optimizer-step time is the
-    median of optimizer.step() after 5 warm-up steps; memory is measured as RunResult says.
+        progress(step, loss) is called after every step; log receives one line per evaluation. ``make(model, hp)``, if
+    given, builds the optimizer instead of spec.name (hp: spec's resolved hyperparameters; with release=1 the factory
+    sets up its own gradient release, and the loop neither clips globally nor measures a step's temporaries).
+        Tokens/s counts training tokens over the training time (evaluations excluded); the optimizer-step time is the
+        median of optimizer.step() after 5 warm-up steps; memory is measured as RunResult says.
     """
     load = OtherLoad()
     rss = PeakRSS()
@@ -393,7 +405,7 @@ def train(
     forward = _forward(model)
     hp = hyperparameters(spec, settings)
     tracker = MemoryTracker(model.parameters())  # before the optimizer: its hooks see a gradient before release frees it
-    optimizer = _make_optimizer(spec, model, hp, settings.grad_clip)
+    optimizer = make(model, hp) if make is not None else _make_optimizer(spec, model, hp, settings.grad_clip)
     tracker.watch(optimizer)
     temporaries = None
     peak = hp["lr"]
@@ -418,7 +430,10 @@ def train(
         t0 = time.perf_counter()
         lr = lr_at(step, peak, settings, schedule)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)  # an optimizer that keeps its lr as a tensor (as torch's schedulers do)
+            else:
+                group["lr"] = lr
         x, y = corpus.batch("train", settings.batch_size, settings.block_size, batches)
         _, loss = forward(x, y)
         optimizer.zero_grad(set_to_none=True)
