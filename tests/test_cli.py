@@ -32,7 +32,7 @@ from lionk.kernels import get_kernel
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 TINY = ["--steps", "4", "--batch-size", "2", "--block-size", "8", "--n-layer", "1", "--n-head", "2", "--n-embd", "16"]
-TINY += ["--eval-iters", "1", "--eval-interval", "2", "--warmup", "1", "--threads", "1"]
+TINY += ["--eval-iters", "1", "--eval-interval", "2", "--warmup", "1", "--threads", "1", "--jobs", "1"]
 
 
 @pytest.fixture(autouse=True)
@@ -227,7 +227,7 @@ def test_compare_writes_table_png_json(tmp_path, text_file, capsys):
 
 
 def test_compare_quick_on_default_corpus(tmp_path, capsys):
-    assert main(["compare", "--quick", "--steps", "6", "--eval-iters", "1", "--threads", "1", "--out", str(tmp_path)]) == 0
+    assert main(["compare", "--quick", "--steps", "6", "--eval-iters", "1", "--threads", "1", "--jobs", "1", "--out", str(tmp_path)]) == 0
     assert "python-stdlib" in capsys.readouterr().out
 
 
@@ -263,6 +263,8 @@ def test_real_text_tiny_shakespeare(tmp_path, capsys):
                 "--warmup",
                 "5",
                 "--threads",
+                "1",
+                "--jobs",
                 "1",
                 "--out",
                 str(tmp_path),
@@ -301,7 +303,7 @@ def test_lionsf_and_schedule_options(tmp_path, capsys):
     assert schedule_of(parse_optims("lion")[0]) == "cosine"
     s = Settings(steps=10, warmup=2)
     assert lr_at(9, 1.0, s, "constant") == 1.0 and lr_at(9, 1.0, s) < 0.2 and lr_at(0, 1.0, s, "constant") == 1 / 3
-    argv = ["compare", "--quick", "--steps", "6", "--eval-interval", "3", "--threads", "1", "--out", str(tmp_path)]
+    argv = ["compare", "--quick", "--steps", "6", "--eval-interval", "3", "--threads", "1", "--jobs", "1", "--out", str(tmp_path)]
     assert main([*argv, "--optim", "lionsf:mode=averaging,lion:cautious=1"]) == 0
     out = capsys.readouterr().out
     assert "constraint diagnostics" in out and "box ||x||_inf <= 1/wd" in out
@@ -311,7 +313,7 @@ def test_lionsf_and_schedule_options(tmp_path, capsys):
 
 def test_compare_low_precision_storage_options(tmp_path):
     """momentum=int8 stores int8 codes (state ~1/4 of float32's); weights=bfloat16 trains bf16 weights."""
-    assert main(["compare", "--quick", "--steps", "4", "--eval-interval", "4", "--out", str(tmp_path),
+    assert main(["compare", "--quick", "--steps", "4", "--eval-interval", "4", "--jobs", "1", "--out", str(tmp_path),
                  "--optim", "lion,lion:momentum=int8,lion:weights=bfloat16:sr=0"]) == 0  # fmt: skip
     runs = json.loads((tmp_path / "compare.json").read_text())["runs"]
     assert runs[1]["hyperparameters"]["momentum_dtype"] == "int8" and runs[1]["state_bytes"] < 0.4 * runs[0]["state_bytes"]

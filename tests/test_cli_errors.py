@@ -28,9 +28,8 @@ def _no_long_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the long work started before the bad input was refused")
 
-    monkeypatch.setattr(lionk.cli.compare, "run_all", refuse)
-    monkeypatch.setattr(lionk.cli.sweep, "run_grid", refuse)
-    monkeypatch.setattr(lionk.cli.sweep, "run_batches", refuse)
+    monkeypatch.setattr(lionk.cli.compare, "run_jobs", refuse)
+    monkeypatch.setattr(lionk.cli.sweep, "run_jobs", refuse)
     monkeypatch.setattr(lionk.cli.toy, "run_kernel", refuse)
     monkeypatch.setattr(lionk.cli.bench, "run_bench", refuse)
     threads = torch.get_num_threads()

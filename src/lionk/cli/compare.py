@@ -5,6 +5,13 @@ state bytes, process peak RSS, and the share of the machine's CPU time that othe
 then the constraint diagnostics of each Lion run, and writes compare.png (loss curves) and compare.json
 (settings, machine, every curve) into --out (default: the current directory).
 
+--seeds N trains every contender with the seeds --seed, ..., --seed + N - 1 (each seed: its own initial weights,
+training batches and evaluation batches, shared by the contenders). The table then gives the mean and sample
+standard deviation of the final losses over the seeds and, with an adamw contender, every other contender's
+paired difference to it (same seed) with its standard error; compare.png draws the mean curves with a band of
+one standard deviation. --jobs J trains J runs at a time in separate processes; --resume skips the runs that
+compare.json in --out already holds.
+
 AdamW's settings default to nanoGPT's for its CPU "baby" model (lr 1e-3, weight decay 0.1 on the 2-D
 weights, betas (0.9, 0.99), 100 warm-up steps, cosine to lr/10, gradient clip 1.0); Lion's come from
 lionk.from_adamw (lr / factor, weight decay * factor) with the same schedule shape.
@@ -16,8 +23,8 @@ between runs. The "other load" column says how much of the machine that work too
 from __future__ import annotations
 
 import argparse
-import json
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +34,22 @@ from ._deps import pyplot, require
 from .checks import integer, output_dir
 from .data import load_corpus
 from .machine import contended, machine
-from .training import MEMORY_STEPS, OPTION_HELP, RunResult, Settings, hyperparameters, initial_state, parse_optims, train
+from .runs import Job, Record, recorded_runs, run_jobs, run_name, seed_list, threads_per_run, worker_count
+from .stats import paired_difference, plus_minus, spread
+from .training import MEMORY_STEPS, OPTION_HELP, RunResult, Settings, hyperparameters, parse_optims
+
+#: The final losses a summary gives, as RunResult properties.
+FINAL_LOSSES = ("final_train", "final_val")
 
 #: --quick's task: a tiny model and short runs (explicit flags still win).
 QUICK = dict(steps=150, batch_size=8, block_size=32, n_layer=2, n_head=2, n_embd=64, warmup=15, eval_interval=50, eval_iters=5)
 
 
-def add_task_arguments(parser: argparse.ArgumentParser, *, steps: int, eval_interval: int, quick_help: str, out_help: str) -> None:
-    """Arguments shared by compare and sweep: the data, the model, the AdamW baseline and its schedule."""
+def add_task_arguments(
+    parser: argparse.ArgumentParser, *, steps: int, eval_interval: int, quick_help: str, out_help: str, json_name: str
+) -> None:
+    """Arguments shared by compare and sweep: the data, the model, the AdamW baseline and its schedule; the seeds,
+    the processes and --resume (json_name: the command's JSON file)."""
     d = Settings()
     q = QUICK
     parser.add_argument("--data", metavar="FILE", help="a UTF-8 text file to train on (default: source of this Python's standard library)")
@@ -77,11 +92,35 @@ def add_task_arguments(parser: argparse.ArgumentParser, *, steps: int, eval_inte
         "--seed", type=int, metavar="N", default=d.seed, help=f"seed of the initial weights and of the batches (default {d.seed})"
     )
     parser.add_argument(
+        "--seeds",
+        type=int,
+        metavar="N",
+        default=1,
+        help="run every setting with the N seeds --seed, --seed+1, ..., --seed+N-1 and report the mean ± sample standard "
+        "deviation over them (default 1)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         metavar="N",
-        help="torch CPU threads (default: torch's choice, one per CPU); on a machine shared with other work, "
-        "fewer threads than the free CPUs keep the speed figures meaningful",
+        help="torch CPU threads (default: torch's choice, one per CPU), shared by the --jobs processes (each has "
+        "max(1, N // jobs)); on a machine shared with other work, fewer threads than the free CPUs keep the speed "
+        "figures meaningful",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        metavar="J",
+        help="train up to J runs at a time, each in its own process (default: one per CPU, at most one per run); a run's "
+        "losses are bitwise those of a run alone with the same threads, but runs at a time share the machine, which "
+        "slows their tokens/s and step times: use --jobs 1 for speed figures",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help=f"skip the (setting, seed) runs already recorded in --out's {json_name} (it is rewritten after every finished "
+        "run, so an interrupted command loses only the runs in flight); it must hold runs of the same task "
+        "(same --data and settings but --seed)",
     )
     parser.add_argument(
         "--quick",
@@ -93,7 +132,8 @@ def add_task_arguments(parser: argparse.ArgumentParser, *, steps: int, eval_inte
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    """The Settings the arguments ask for; --quick replaces the task shape with QUICK (explicit flags still win)."""
+    """The Settings the arguments ask for; --quick replaces the task shape with QUICK (explicit flags still win).
+    Checks every task flag, --seeds and --jobs among them, and sets --threads."""
     values: dict[str, Any] = dict(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -117,46 +157,90 @@ def settings_from(args: argparse.Namespace) -> Settings:
                 values[key] = value
     settings = Settings(**values)
     settings.check()
+    integer("--seeds", args.seeds, 1)
+    if args.jobs is not None:
+        integer("--jobs", args.jobs, 1)
     if args.threads is not None:
         torch.set_num_threads(integer("--threads", args.threads, 1))
     return settings
 
 
-def run_all(specs, corpus, settings: Settings, command: str) -> list[RunResult]:
-    """Train every spec from the same initial weights with a tqdm bar per run; evaluation lines go above the bars."""
-    tqdm = require("tqdm", command).tqdm
-    init = initial_state(settings, corpus.vocab_size)
-    results = []
-    for spec in specs:
-        with tqdm(total=settings.steps, desc=spec.label, unit="step", leave=False, dynamic_ncols=True) as bar:
+def by_label(results: list[RunResult]) -> dict[str, list[RunResult]]:
+    """The runs of each contender (one per seed), in the order of results."""
+    groups: dict[str, list[RunResult]] = {}
+    for r in results:
+        groups.setdefault(r.label, []).append(r)
+    return groups
 
-            def progress(step: int, loss: float, bar=bar) -> None:
-                bar.update(1)
-                if step % 10 == 0:
-                    bar.set_postfix(loss=f"{loss:.3f}")
 
-            results.append(train(spec, corpus, settings, init, progress=progress, log=bar.write))
-    return results
+def summarize(groups: dict[str, list[RunResult]], baseline: str | None) -> dict[str, dict]:
+    """Per contender: its seeds and the mean and sample standard deviation of its final train and val loss over them;
+    with a baseline (the first adamw contender), every other contender's mean paired difference to it (contender minus
+    baseline, same seed) with its standard error, under "minus_adamw"."""
+    base = {r.seed: r for r in groups[baseline]} if baseline is not None else {}
+    summary = {}
+    for label, runs in groups.items():
+        entry: dict = {"seeds": [r.seed for r in runs]}
+        entry |= {loss: spread([getattr(r, loss) for r in runs]) for loss in FINAL_LOSSES}
+        if baseline is not None and label != baseline:
+            entry["minus_adamw"] = {"baseline": baseline} | {
+                loss: paired_difference([getattr(r, loss) for r in runs], [getattr(base[r.seed], loss) for r in runs])
+                for loss in FINAL_LOSSES
+            }
+        summary[label] = entry
+    return summary
 
 
 def _share(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
-def format_table(results: list[RunResult]) -> str:
-    """The results table, with a note under it when other work competed for this process's CPUs in some run."""
-    width = max(28, *(len(r.label) for r in results))
-    header = f"{'optimizer':<{width}} {'train':>7} {'val':>7} {'tokens/s':>9} {'opt step ms':>11} {'state bytes':>11} {'other load':>10}"
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def format_table(results: list[RunResult], baseline: str | None = None) -> str:
+    """The results table, a row per contender, with a note under it when other work competed for the CPUs of a run.
+
+    With several seeds a row gives the mean ± sample standard deviation of the final losses over them, the paired
+    difference of the final val loss to the baseline (an adamw contender's label) ± its standard error, the mean
+    tokens/s and step time, and the largest other load."""
+    groups = by_label(results)
+    summary = summarize(groups, baseline)
+    seeds = summary[results[0].label]["seeds"]
+    several = len(seeds) > 1
+    loss_width, width = (15 if several else 7), max(28, *(len(label) for label in groups))
+    difference = f"val - {baseline}" if several and baseline is not None else None
+    difference_width = max(16, len(difference or ""))
+    header = f"{'optimizer':<{width}} {'train':>{loss_width}} {'val':>{loss_width}}"
+    header += f" {difference:>{difference_width}}" if difference else ""
+    header += f" {'tokens/s':>9} {'opt step ms':>11} {'state bytes':>11} {'other load':>10}"
     lines = [header, "-" * len(header)]
-    for r in results:
-        lines.append(
-            f"{r.label:<{width}} {r.final_train:>7.4f} {r.final_val:>7.4f} {r.tokens_per_s:>9.0f} {r.optimizer_step_ms:>11.3f} "
-            f"{r.state_bytes:>11,d} {_share(r.other_load):>10}"
+    for label, runs in groups.items():
+        s = summary[label]
+        row = f"{label:<{width}} {plus_minus(s['final_train']):>{loss_width}} {plus_minus(s['final_val']):>{loss_width}}"
+        if difference:
+            row += f" {plus_minus(s['minus_adamw']['final_val'], 'se') if 'minus_adamw' in s else '-':>{difference_width}}"
+        loads = [r.other_load for r in runs if r.other_load is not None]
+        row += (
+            f" {_mean([r.tokens_per_s for r in runs]):>9.0f} {_mean([r.optimizer_step_ms for r in runs]):>11.3f} "
+            f"{runs[0].state_bytes:>11,d} {_share(max(loads) if loads else None):>10}"
         )
-    busy = [r for r in results if contended(r.other_load, torch.get_num_threads())]
-    if busy:
+        lines.append(row)
+    if several:
         lines.append(
-            f"note: other work took {', '.join(f'{_share(r.other_load)} ({r.label})' for r in busy)} of this machine's CPU time "
+            f"mean ± sample standard deviation over {len(seeds)} seeds ({seeds[0]}..{seeds[-1]})"
+            + (f"; '{difference}': the mean paired difference (same seed) ± its standard error" if difference else "")
+            + "; tokens/s and step times: means over the seeds; other load: the largest"
+        )
+    busy: dict[str, float] = {}  # per contender, its most contended run
+    for r in results:
+        if contended(r.other_load, r.threads or torch.get_num_threads()) and r.other_load > busy.get(r.label, -1.0):
+            busy[r.label] = r.other_load
+    if busy:
+        shares = ", ".join(f"{'up to ' if several else ''}{_share(load)} ({label})" for label, load in busy.items())
+        lines.append(
+            f"note: other work took {shares} of this machine's CPU time "
             "during these runs: tokens/s and step times are contended, not comparable between runs (the losses are not "
             "affected); to compare speed, rerun on a quiet machine or with fewer --threads than the CPUs other work leaves free"
         )
@@ -212,22 +296,48 @@ def format_diagnostics(results: list[RunResult]) -> str:
     return "\n".join(lines)
 
 
+def _smoothed(step_loss: list[float]) -> list[float]:
+    """The moving average 0.95 * previous + 0.05 * loss of the batch losses."""
+    ema, smooth = None, []
+    for loss in step_loss:
+        ema = loss if ema is None else 0.95 * ema + 0.05 * loss
+        smooth.append(ema)
+    return smooth
+
+
+def _mean_and_sd(curves: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The mean of curves (one per seed, cut to the shortest) at each point, and their sample standard deviation
+    (None for one curve)."""
+    n = min(len(c) for c in curves)
+    values = torch.tensor([c[:n] for c in curves], dtype=torch.float64).reshape(len(curves), n)
+    return values.mean(0), (values.std(0) if len(curves) > 1 else None)
+
+
 def plot_curves(results: list[RunResult], title: str, path: Path, command: str) -> None:
-    """Training loss (smoothed batch loss) and validation loss against step, one line per run, a legend in each panel."""
+    """Training loss (smoothed batch loss) and validation loss against step, one line per contender, a legend in each
+    panel; with several seeds the line is the mean over them and a band spans ± one sample standard deviation."""
     plt = pyplot(command)
+    groups = by_label(results)
+    seeds = [r.seed for r in next(iter(groups.values()))]
     fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True, layout="constrained")
-    for r in results:
-        ema, smooth = None, []
-        for loss in r.step_loss:
-            ema = loss if ema is None else 0.95 * ema + 0.05 * loss
-            smooth.append(ema)
-        (line,) = ax_train.plot(range(1, len(smooth) + 1), smooth, lw=1.2, label=r.label)
-        ax_val.plot([s for s, _ in r.val_loss], [v for _, v in r.val_loss], "o-", ms=4, color=line.get_color(), label=r.label)
+    for label, runs in groups.items():
+        train, train_sd = _mean_and_sd([_smoothed(r.step_loss) for r in runs])
+        steps = torch.arange(1, len(train) + 1)
+        (line,) = ax_train.plot(steps, train, lw=1.2, label=label)
+        val, val_sd = _mean_and_sd([[v for _, v in r.val_loss] for r in runs])
+        val_steps = [s for s, _ in runs[0].val_loss][: len(val)]
+        ax_val.plot(val_steps, val, "o-", ms=4, color=line.get_color(), label=label)
+        for ax, x, mean, sd in ((ax_train, steps, train, train_sd), (ax_val, val_steps, val, val_sd)):
+            if sd is not None:
+                ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.2, lw=0)
     ax_train.set(title="training loss (moving average of the batch loss)", xlabel="step", ylabel="cross-entropy (nats per character)")
     ax_val.set(title="validation loss (same batches at every estimate)", xlabel="step")
+    several = len(seeds) > 1
     for ax in (ax_train, ax_val):
         ax.grid(alpha=0.3)
-        ax.legend(title="optimizer")
+        ax.legend(title=f"optimizer: mean of {len(seeds)} seeds, band ± 1 sd" if several else "optimizer")
+    if several:
+        title += f"\nlines: mean over seeds {seeds[0]}..{seeds[-1]}; bands: ± one sample standard deviation across the seeds"
     fig.suptitle(title)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -236,29 +346,14 @@ def plot_curves(results: list[RunResult], title: str, path: Path, command: str) 
 def run(args: argparse.Namespace) -> int:
     specs = parse_optims(args.optim)
     settings = settings_from(args)
+    seeds = seed_list(settings.seed, args.seeds)
     corpus = load_corpus(args.data)
     corpus.check_context(settings.block_size)
     out = output_dir(args.out, ("compare.png", "compare.json"))
     pyplot("compare")  # fail before training when matplotlib is missing
     require("tqdm", "compare")
-    print(
-        f"corpus: {corpus.source}: vocab {corpus.vocab_size}, {len(corpus.train):,} train / {len(corpus.val):,} val chars; "
-        f"model {settings.n_layer}x{settings.n_embd} (heads {settings.n_head}, context {settings.block_size}); "
-        f"{settings.steps} steps at batch {settings.batch_size}; {torch.get_num_threads()} threads"
-    )
-    for spec in specs:
-        if "vector_kernel" in (hp := hyperparameters(spec, settings)):
-            print(f"{spec.label}: kernel {hp['kernel']} takes matrices only; the 1-D weights (norm gains) use {hp['vector_kernel']}")
-    results = run_all(specs, corpus, settings, "compare")
-    print(format_table(results))
-    print("\n" + format_memory(results))
-    if any(r.diagnostics for r in results):
-        print("\n" + format_diagnostics(results))
-    source = Path(corpus.source).name if args.data else "python-stdlib"
-    title = f"{source}: model {settings.n_layer}x{settings.n_embd}, {settings.steps} steps at batch {settings.batch_size}"
     png, js = out / "compare.png", out / "compare.json"
-    plot_curves(results, title, png, "compare")
-    report = {
+    head = {
         "command": "compare",
         "corpus": {
             "source": corpus.source,
@@ -266,11 +361,41 @@ def run(args: argparse.Namespace) -> int:
             "train_chars": len(corpus.train),
             "val_chars": len(corpus.val),
         },
-        "settings": settings.__dict__ | {"betas": list(settings.betas)},
+        "settings": settings.to_json(),
+        "seeds": seeds,
         "machine": machine(),
-        "runs": [r.to_json() for r in results],
     }
-    js.write_text(json.dumps(report, indent=1))
+    jobs = [Job(spec, replace(settings, seed=seed), run_name(spec.label, seed, seeds)) for spec in specs for seed in seeds]
+    record = Record(js, head, jobs, recorded_runs(js, head) if args.resume else [])
+    workers = worker_count(args.jobs, len(record.missing(jobs)))
+    processes = f"{threads_per_run(workers)} threads" + (f" in each of {workers} processes" if workers > 1 else "")
+    print(
+        f"corpus: {corpus.source}: vocab {corpus.vocab_size}, {len(corpus.train):,} train / {len(corpus.val):,} val chars; "
+        f"model {settings.n_layer}x{settings.n_embd} (heads {settings.n_head}, context {settings.block_size}); "
+        f"{settings.steps} steps at batch {settings.batch_size}; {processes}"
+        + (f"; seeds {seeds[0]}..{seeds[-1]}" if len(seeds) > 1 else "")
+    )
+    for spec in specs:
+        if "vector_kernel" in (hp := hyperparameters(spec, settings)):
+            print(f"{spec.label}: kernel {hp['kernel']} takes matrices only; the 1-D weights (norm gains) use {hp['vector_kernel']}")
+    results = run_jobs(jobs, corpus, record, workers=workers, command="compare", desc="compare", bar_per_run=True)
+    baseline = next((spec.label for spec in specs if spec.name == "adamw"), None)
+    print(format_table(results, baseline))
+    if workers > 1:
+        print(
+            f"note: {workers} runs trained at a time, in separate processes: they shared the machine, so tokens/s and step "
+            "times are below what a run alone gets (the losses are not affected); --jobs 1 for speed figures"
+        )
+    first = [r for r in results if r.seed == seeds[0]]
+    if len(seeds) > 1:
+        print(f"\nmemory and diagnostics: the seed {seeds[0]} runs (the memory figures but peak RSS do not depend on the seed)")
+    print("\n" + format_memory(first))
+    if any(r.diagnostics for r in first):
+        print("\n" + format_diagnostics(first))
+    source = Path(corpus.source).name if args.data else "python-stdlib"
+    title = f"{source}: model {settings.n_layer}x{settings.n_embd}, {settings.steps} steps at batch {settings.batch_size}"
+    plot_curves(results, title, png, "compare")
+    record.write(summary=summarize(by_label(results), baseline))
     print(f"wrote {png} and {js}")
     return 0
 
@@ -305,5 +430,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         eval_interval=250,
         quick_help="2 runs, about 10 s on 2 quiet CPU cores",
         out_help="directory for compare.png and compare.json, created if missing (default: the current directory)",
+        json_name="compare.json",
     )
     parser.set_defaults(func=run, parser_defaults={a.dest: a.default for a in parser._actions})

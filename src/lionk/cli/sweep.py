@@ -10,13 +10,17 @@ The final validation loss of every run is drawn as two heatmaps side by side on 
 every batch size trained on the same number of tokens (--steps x --batch-size x context), so a batch
 B run takes round(steps * batch_size / B) steps; it writes sweep_batch.png (final validation loss
 against batch size). Both modes write sweep.json into --out.
+
+--seeds N runs every setting with the seeds --seed, ..., --seed + N - 1: the heatmaps then show the mean final
+loss over them with its sample standard deviation in each cell, and sweep_batch.png error bars of one standard
+deviation. --jobs J trains J runs at a time in separate processes. sweep.json is rewritten after every finished
+run; --resume skips the (setting, seed) runs it already holds.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import statistics
 from pathlib import Path
@@ -24,10 +28,12 @@ from pathlib import Path
 from . import CLIError
 from ._deps import pyplot, require
 from .checks import output_dir
-from .compare import add_task_arguments, settings_from
+from .compare import FINAL_LOSSES, add_task_arguments, settings_from
 from .data import load_corpus
 from .machine import machine
-from .training import OptimSpec, Settings, hyperparameters, initial_state, parse_float_list, train
+from .runs import Job, Record, recorded_runs, run_jobs, run_name, seed_list, threads_per_run, worker_count
+from .stats import plus_minus, spread
+from .training import OptimSpec, RunResult, Settings, hyperparameters, parse_float_list
 
 OPTIMIZERS = ("lion", "adamw")
 #: What --quick costs here (the default grid: 18 runs), for --help.
@@ -43,46 +49,90 @@ def _spec(name: str, lr: float, wd: float) -> OptimSpec:
     return OptimSpec(f"{name}:lr={lr:.3g}:wd={wd:.3g}", name, {"lr": repr(lr), "wd": repr(wd)})
 
 
-def run_grid(corpus, settings: Settings, lr_mults: list[float], wd_mults: list[float]) -> dict:
-    """Final validation loss for every (optimizer, lr, wd); rows are weight decays, columns learning rates."""
-    tqdm = require("tqdm", "sweep").tqdm
-    init = initial_state(settings, corpus.vocab_size)
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One setting of a sweep: optimizer at lr and wd on the task settings (its batch size and steps), trained once
+    per seed; name is what progress lines call it."""
+
+    optimizer: str
+    lr: float
+    wd: float
+    settings: Settings
+    name: str
+
+    def jobs(self, seeds: list[int]) -> list[Job]:
+        spec = _spec(self.optimizer, self.lr, self.wd)
+        return [Job(spec, dataclasses.replace(self.settings, seed=seed), run_name(self.name, seed, seeds)) for seed in seeds]
+
+
+def grid_points(settings: Settings, lr_mults: list[float], wd_mults: list[float]) -> list[Point]:
+    """Every (optimizer, wd, lr) of the grids, weight decays outer, learning rates inner: the centre times the multipliers."""
+    points = []
+    for name in OPTIMIZERS:
+        lr0, wd0 = _centre(name, settings)
+        for wd in (wd0 * m for m in wd_mults):
+            points += [Point(name, lr, wd, settings, _spec(name, lr, wd).label) for lr in (lr0 * m for m in lr_mults)]
+    return points
+
+
+def batch_points(settings: Settings, batch_sizes: list[int]) -> list[Point]:
+    """Both optimizers at their centre settings at every batch size, each trained on the tokens of --steps x --batch-size."""
+    tokens = settings.steps * settings.batch_size
+    points = []
+    for b in batch_sizes:
+        steps = max(1, round(tokens / b))
+        s = dataclasses.replace(settings, batch_size=b, steps=steps, eval_interval=steps, warmup=min(settings.warmup, steps // 10))
+        points += [Point(name, *_centre(name, settings), s, f"{name} batch {b}") for name in OPTIMIZERS]
+    return points
+
+
+def summarize(points: list[Point], runs: list[list[RunResult]]) -> list[dict]:
+    """Per point (runs: its runs, one per seed): the setting, the seeds, and the mean and sample standard deviation
+    of the final train and val loss over them."""
+    return [
+        {
+            "optimizer": point.optimizer,
+            "lr": point.lr,
+            "weight_decay": point.wd,
+            "batch_size": point.settings.batch_size,
+            "steps": point.settings.steps,
+            "seeds": [r.seed for r in point_runs],
+        }
+        | {loss: spread([getattr(r, loss) for r in point_runs]) for loss in FINAL_LOSSES}
+        for point, point_runs in zip(points, runs, strict=True)
+    ]
+
+
+def grid_from(summary: list[dict], settings: Settings, lr_mults: list[float]) -> dict:
+    """Per optimizer, its lrs and weight decays, its centre, and the final validation loss: mean (val_loss) and sample
+    standard deviation (val_loss_sd, None for one seed) over the seeds; rows are weight decays, columns learning rates."""
     grids = {}
-    with tqdm(total=len(OPTIMIZERS) * len(lr_mults) * len(wd_mults), desc="sweep", unit="run", dynamic_ncols=True) as bar:
-        for name in OPTIMIZERS:
-            lr0, wd0 = _centre(name, settings)
-            lrs, wds = [lr0 * m for m in lr_mults], [wd0 * m for m in wd_mults]
-            losses = []
-            for wd in wds:
-                row = []
-                for lr in lrs:
-                    result = train(_spec(name, lr, wd), corpus, settings, init)
-                    row.append(result.final_val)
-                    bar.update(1)
-                    bar.set_postfix_str(f"{result.label}: val {result.final_val:.3f}")
-                losses.append(row)
-            grids[name] = {"lr": lrs, "weight_decay": wds, "val_loss": losses, "centre": [lr0, wd0]}
+    for name in OPTIMIZERS:
+        entries = [e for e in summary if e["optimizer"] == name]
+        rows = [entries[i : i + len(lr_mults)] for i in range(0, len(entries), len(lr_mults))]
+        grids[name] = {
+            "lr": [e["lr"] for e in rows[0]],
+            "weight_decay": [row[0]["weight_decay"] for row in rows],
+            "val_loss": [[e["final_val"]["mean"] for e in row] for row in rows],
+            "val_loss_sd": [[e["final_val"]["sd"] for e in row] for row in rows],
+            "centre": list(_centre(name, settings)),
+        }
     return grids
 
 
-def run_batches(corpus, settings: Settings, batch_sizes: list[int]) -> dict:
-    """Final validation loss against batch size at a fixed token budget, both optimizers at their centre settings."""
-    tqdm = require("tqdm", "sweep").tqdm
-    tokens = settings.steps * settings.batch_size
-    out = {name: {"batch_size": [], "steps": [], "val_loss": []} for name in OPTIMIZERS}
-    with tqdm(total=len(OPTIMIZERS) * len(batch_sizes), desc="batch sizes", unit="run", dynamic_ncols=True) as bar:
-        for b in batch_sizes:
-            steps = max(1, round(tokens / b))
-            s = dataclasses.replace(settings, batch_size=b, steps=steps, eval_interval=steps, warmup=min(settings.warmup, steps // 10))
-            init = initial_state(s, corpus.vocab_size)
-            for name in OPTIMIZERS:
-                lr, wd = _centre(name, settings)
-                result = train(_spec(name, lr, wd), corpus, s, init)
-                for key, value in (("batch_size", b), ("steps", steps), ("val_loss", result.final_val)):
-                    out[name][key].append(value)
-                bar.update(1)
-                bar.set_postfix_str(f"{name} batch {b}: val {result.final_val:.3f}")
-    return out
+def batches_from(summary: list[dict]) -> dict:
+    """Per optimizer, against batch size: the steps and the final validation loss, mean (val_loss) and sample standard
+    deviation (val_loss_sd, None for one seed) over the seeds."""
+    curves = {}
+    for name in OPTIMIZERS:
+        entries = [e for e in summary if e["optimizer"] == name]
+        curves[name] = {
+            "batch_size": [e["batch_size"] for e in entries],
+            "steps": [e["steps"] for e in entries],
+            "val_loss": [e["final_val"]["mean"] for e in entries],
+            "val_loss_sd": [e["final_val"]["sd"] for e in entries],
+        }
+    return curves
 
 
 def _cell_text_colour(cmap, norm, value: float) -> str:
@@ -91,8 +141,16 @@ def _cell_text_colour(cmap, norm, value: float) -> str:
     return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "white"
 
 
-def plot_grid(grids: dict, title: str, path: Path) -> None:
-    """One heatmap per optimizer (rows: weight decay, columns: learning rate) on one colour scale, with its values."""
+def _cell_text(mean: float, sd: float | None) -> str:
+    """A heatmap cell's annotation: the mean final loss, and under it ± its standard deviation over the seeds."""
+    if not math.isfinite(mean):
+        return "diverged"
+    return f"{mean:.3f}" if sd is None else f"{mean:.3f}\n± {sd:.3f}"
+
+
+def plot_grid(grids: dict, title: str, path: Path, seeds: int) -> None:
+    """One heatmap per optimizer (rows: weight decay, columns: learning rate) on one colour scale, with its values:
+    with several seeds, the colour and the first number are the mean over them, the second their sample standard deviation."""
     plt = pyplot("sweep")
     finite = [v for g in grids.values() for row in g["val_loss"] for v in row if math.isfinite(v)]
     vmin, vmax = (min(finite), max(finite)) if finite else (0.0, 1.0)
@@ -109,11 +167,10 @@ def plot_grid(grids: dict, title: str, path: Path) -> None:
     for ax, (name, g) in zip(axes[0], grids.items()):
         values = [[v if math.isfinite(v) else math.nan for v in row] for row in g["val_loss"]]
         image = ax.imshow(values, origin="lower", cmap=cmap, norm=norm, aspect="auto")
-        for i, row in enumerate(g["val_loss"]):
-            for j, v in enumerate(row):
-                finite_cell = math.isfinite(v)
-                colour = _cell_text_colour(cmap, norm, v) if finite_cell else "black"
-                ax.text(j, i, f"{v:.3f}" if finite_cell else "diverged", ha="center", va="center", fontsize=10, color=colour)
+        for i, (row, sd_row) in enumerate(zip(g["val_loss"], g["val_loss_sd"])):
+            for j, (v, sd) in enumerate(zip(row, sd_row)):
+                colour = _cell_text_colour(cmap, norm, v) if math.isfinite(v) else "black"
+                ax.text(j, i, _cell_text(v, sd), ha="center", va="center", fontsize=10 if seeds == 1 else 9, color=colour)
         ax.set_xticks(range(len(g["lr"])), [f"{v:.2g}" for v in g["lr"]])
         ax.set_yticks(range(len(g["weight_decay"])), [f"{v:.2g}" for v in g["weight_decay"]])
         lr0, wd0 = g["centre"]
@@ -123,21 +180,25 @@ def plot_grid(grids: dict, title: str, path: Path) -> None:
             ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="tab:red", lw=2.5))
             panel += " (outlined)"
         ax.set(xlabel="learning rate", ylabel="weight decay", title=panel)
-    label = "final validation loss (lower is better)" + (f"; colours stop at {cap:.2f}" if capped else "")
+    label = ("mean " if seeds > 1 else "") + "final validation loss (lower is better)" + (f"; colours stop at {cap:.2f}" if capped else "")
     fig.colorbar(image, ax=axes[0].tolist(), label=label, extend="max" if capped else "neither")
+    if seeds > 1:
+        title += f"\neach cell: the mean final validation loss over {seeds} seeds, under it ± their sample standard deviation"
     fig.suptitle(title)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def plot_batches(curves: dict, title: str, path: Path) -> None:
-    """Final validation loss against batch size (log axis, one tick per batch size), one line per optimizer."""
+def plot_batches(curves: dict, title: str, path: Path, seeds: int) -> None:
+    """Final validation loss against batch size (log axis, one tick per batch size), one line per optimizer; with several
+    seeds, the mean over them with error bars of ± one sample standard deviation."""
     plt = pyplot("sweep")
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     for name, c in curves.items():
-        ax.plot(c["batch_size"], c["val_loss"], "o-", label=name)
+        ax.errorbar(c["batch_size"], c["val_loss"], yerr=c["val_loss_sd"] if seeds > 1 else None, fmt="o-", capsize=4, label=name)
     sizes = curves[OPTIMIZERS[0]]["batch_size"]
-    ax.set(xscale="log", xlabel="batch size (every run trains on the same number of tokens)", ylabel="final validation loss")
+    ylabel = "final validation loss" + (f" (mean of {seeds} seeds, bars ± 1 sd)" if seeds > 1 else "")
+    ax.set(xscale="log", xlabel="batch size (every run trains on the same number of tokens)", ylabel=ylabel)
     ax.set_xticks(sizes, [str(b) for b in sizes])
     ax.minorticks_off()
     ax.set_title(title)
@@ -150,6 +211,7 @@ def plot_batches(curves: dict, title: str, path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     settings = dataclasses.replace(settings, eval_interval=settings.steps)  # only the final loss is used
+    seeds = seed_list(settings.seed, args.seeds)
     lr_mults = parse_float_list(args.lr_multipliers, "--lr-multipliers")
     wd_mults = parse_float_list(args.wd_multipliers, "--wd-multipliers")
     batch_sizes = None
@@ -164,44 +226,50 @@ def run(args: argparse.Namespace) -> int:
     pyplot("sweep")  # fail before training when matplotlib is missing
     require("tqdm", "sweep")
     source = Path(corpus.source).name if args.data else "python-stdlib"
-    report = {
-        "command": "sweep",
-        "corpus": corpus.source,
-        "settings": settings.__dict__ | {"betas": list(settings.betas)},
-        "machine": machine(),
-    }
-    if batch_sizes is None:
-        grids = run_grid(corpus, settings, lr_mults, wd_mults)
-        png = out / "sweep.png"
-        plot_grid(
-            grids, f"{source}: {settings.steps} steps at batch {settings.batch_size}, model {settings.n_layer}x{settings.n_embd}", png
+    js = out / "sweep.json"
+    head = {"command": "sweep", "corpus": corpus.source, "settings": settings.to_json(), "seeds": seeds, "machine": machine()}
+    points = grid_points(settings, lr_mults, wd_mults) if batch_sizes is None else batch_points(settings, batch_sizes)
+    jobs = [job for point in points for job in point.jobs(seeds)]
+    record = Record(js, head, jobs, recorded_runs(js, head) if args.resume else [])
+    workers = worker_count(args.jobs, len(record.missing(jobs)))
+    if workers > 1 or len(seeds) > 1:
+        print(
+            f"{len(points)} settings x {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}); {threads_per_run(workers)} threads"
+            + (f" in each of {workers} processes" if workers > 1 else "")
         )
-        report["grid"] = grids
-        for name, g in grids.items():
-            best = min(
-                ((v, lr, wd) for wd, row in zip(g["weight_decay"], g["val_loss"]) for lr, v in zip(g["lr"], row) if math.isfinite(v)),
-                default=None,
+    desc = "sweep" if batch_sizes is None else "batch sizes"
+    results = run_jobs(jobs, corpus, record, workers=workers, command="sweep", desc=desc, bar_per_run=False)
+    summary = summarize(points, [results[i : i + len(seeds)] for i in range(0, len(results), len(seeds))])
+    if len(seeds) > 1:
+        print(f"final validation loss: mean ± sample standard deviation over {len(seeds)} seeds")
+    if batch_sizes is None:
+        grids = grid_from(summary, settings, lr_mults)
+        png = out / "sweep.png"
+        title = f"{source}: {settings.steps} steps at batch {settings.batch_size}, model {settings.n_layer}x{settings.n_embd}"
+        plot_grid(grids, title, png, len(seeds))
+        record.write(summary=summary, grid=grids)
+        for name in OPTIMIZERS:
+            finite = [e for e in summary if e["optimizer"] == name and math.isfinite(e["final_val"]["mean"])]
+            if not finite:
+                print(f"{name}: all runs diverged")
+                continue
+            best = min(finite, key=lambda e: e["final_val"]["mean"])
+            worst = max(finite, key=lambda e: e["final_val"]["mean"])
+            print(
+                f"{name}: best val {plus_minus(best['final_val'])} at lr {best['lr']:.3g}, wd {best['weight_decay']:.3g}; "
+                f"worst {plus_minus(worst['final_val'])}"
             )
-            spread = [v for row in g["val_loss"] for v in row if math.isfinite(v)]
-            text = (
-                "all runs diverged"
-                if best is None
-                else f"best val {best[0]:.4f} at lr {best[1]:.3g}, wd {best[2]:.3g}; worst {max(spread):.4f}"
-            )
-            print(f"{name}: {text}")
     else:
-        curves = run_batches(corpus, settings, batch_sizes)
+        curves = batches_from(summary)
         png = out / "sweep_batch.png"
         tokens = settings.steps * settings.batch_size * settings.block_size
-        plot_batches(curves, f"{source}: {tokens:,} training tokens per run", png)
-        report["batch_sizes"] = curves
-        for name, c in curves.items():
+        plot_batches(curves, f"{source}: {tokens:,} training tokens per run", png, len(seeds))
+        record.write(summary=summary, batch_sizes=curves)
+        for name in OPTIMIZERS:
+            entries = [e for e in summary if e["optimizer"] == name]
             print(
-                f"{name}: "
-                + ", ".join(f"batch {b} ({s} steps): val {v:.4f}" for b, s, v in zip(c["batch_size"], c["steps"], c["val_loss"]))
+                f"{name}: " + ", ".join(f"batch {e['batch_size']} ({e['steps']} steps): val {plus_minus(e['final_val'])}" for e in entries)
             )
-    js = out / "sweep.json"
-    js.write_text(json.dumps(report, indent=1))
     print(f"wrote {png} and {js}")
     return 0
 
@@ -236,5 +304,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         eval_interval=200,
         quick_help=QUICK_HELP,
         out_help="directory for sweep.png (or sweep_batch.png) and sweep.json, created if missing (default: the current directory)",
+        json_name="sweep.json",
     )
     parser.set_defaults(func=run, parser_defaults={a.dest: a.default for a in parser._actions})

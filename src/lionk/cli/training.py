@@ -193,6 +193,15 @@ class Settings:
     def model_config(self, vocab_size: int) -> GPTConfig:
         return GPTConfig(vocab_size, self.block_size, self.n_layer, self.n_head, self.n_embd)
 
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"betas": list(self.betas)}
+
+    @staticmethod
+    def flag(name: str) -> str:
+        """The command-line flag that sets the field name (the field's name where no flag does: betas, min_lr_ratio)."""
+        flags = {"adamw_lr": "--lr", "adamw_wd": "--weight-decay", "betas": "betas", "min_lr_ratio": "min_lr_ratio"}
+        return flags.get(name, f"--{name.replace('_', '-')}")
+
 
 def lr_at(step: int, peak: float, settings: Settings, schedule: str = "cosine") -> float:
     """nanoGPT's linear warm-up then cosine decay to min_lr_ratio * peak at the last step (constant: the peak)."""
@@ -298,6 +307,7 @@ class RunResult:
     of the three at one moment), and "step_temporaries", what one optimizer.step() allocated beyond them
     (lionk.memory.step_temporaries; None under gradient release, whose steps run inside backward). peak_rss_mb is
     the process's peak resident memory during this run (peak_rss_per_run False: since the process started).
+    seed is the run's Settings.seed, threads the torch CPU threads it ran with.
     """
 
     label: str
@@ -315,6 +325,8 @@ class RunResult:
     params: int = 0
     memory: dict[str, float | None] = field(default_factory=dict)
     peak_rss_per_run: bool = False
+    seed: int | None = None
+    threads: int | None = None
 
     @property
     def final_train(self) -> float:
@@ -474,6 +486,8 @@ def train(
         params=tracker.numel,
         memory=memory,
         peak_rss_per_run=rss.per_interval,
+        seed=settings.seed,
+        threads=torch.get_num_threads(),
     )
 
 
