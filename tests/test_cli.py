@@ -1,8 +1,11 @@
 """lionk toy / compare / sweep: exact pieces (optimum solver, schedule, parsing, determinism), tiny end-to-end runs, one-line errors."""
 
+import contextlib
+import io
 import json
 import math
 import os
+import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -10,11 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
+import lionk.cli.runs
 from lionk.cli import main
 from lionk.cli.compare import format_diagnostics, format_table
 from lionk.cli.data import load_corpus, stdlib_text
 from lionk.cli.gpt import GPT, GPTConfig
 from lionk.cli.machine import OtherLoad
+from lionk.cli.runs import seed_list, worker_count
+from lionk.cli.stats import paired_difference, plus_minus, spread
 from lionk.cli.toy import run_kernel, theoretical_optimum
 from lionk.cli.training import (
     OptimSpec,
@@ -404,3 +410,162 @@ def test_compare_png_has_a_legend_in_each_panel(tmp_path, text_file, monkeypatch
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
     assert main(["compare", "--data", str(text_file), "--optim", "lion,adamw", "--out", str(tmp_path), *TINY]) == 0
     assert legends == [True, True]
+
+
+# -- seeds, processes, resume ---------------------------------------------------------------------------------------
+
+
+def test_summaries_against_hand_calculations():
+    """spread: mean and sample sd; paired_difference: mean difference and sd(d) / sqrt(n); one value: no spread."""
+    assert spread([1.0, 2.0, 4.0]) == {"mean": pytest.approx(7 / 3), "sd": pytest.approx(math.sqrt(7 / 3)), "n": 3}
+    d = paired_difference([3.0, 5.0, 4.0], [1.0, 2.0, 4.0])  # differences 2, 3, 0
+    assert d == {"mean": pytest.approx(5 / 3), "se": pytest.approx(math.sqrt(7 / 3) / math.sqrt(3)), "n": 3}
+    assert spread([2.5]) == {"mean": 2.5, "sd": None, "n": 1} and paired_difference([2.5], [2.0])["se"] is None
+    assert plus_minus({"mean": 1.89941, "sd": 0.01234}) == "1.8994 ± 0.0123" and plus_minus(spread([1.89941])) == "1.8994"
+    assert plus_minus({"mean": -0.05, "se": 0.004}, "se") == "-0.0500 ± 0.0040"
+    assert seed_list(1337, 3) == [1337, 1338, 1339]
+    assert worker_count(None, 100) == (os.cpu_count() or 1) and worker_count(None, 1) == 1 and worker_count(4, 2) == 2
+
+
+def _compare(tmp_path: Path, *argv: str) -> tuple[dict, str]:
+    """compare lion,adamw on the tiny task with argv; its JSON and its standard output."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog.\n" * 60)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["compare", "--data", str(corpus), "--optim", "lion,adamw", "--out", str(tmp_path), *TINY, *argv]) == 0
+    return json.loads((tmp_path / "compare.json").read_text()), out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def three_seeds(tmp_path_factory):
+    """compare --seeds 3 in one process, run once for the tests below."""
+    return _compare(tmp_path_factory.mktemp("three_seeds"), "--seeds", "3")
+
+
+def _curves(run: dict) -> tuple:
+    return run["step_loss"], run["train_loss"], run["val_loss"]
+
+
+def test_seeds_give_different_runs_and_a_seed_the_same_run(three_seeds, tmp_path):
+    report, _ = three_seeds
+    assert report["seeds"] == [1337, 1338, 1339]
+    assert [(r["label"], r["seed"]) for r in report["runs"]] == [(label, s) for label in ("lion", "adamw") for s in report["seeds"]]
+    lion = [r for r in report["runs"] if r["label"] == "lion"]
+    assert len({json.dumps(_curves(r)) for r in lion}) == 3  # each seed: its own weights and batches
+    alone, text = _compare(tmp_path, "--seed", "1338")
+    assert _curves(alone["runs"][0]) == _curves(lion[1])  # seed 1338 of three is the run of --seed 1338
+    assert [r["seed"] for r in alone["runs"]] == [1338, 1338] and alone["summary"]["lion"]["final_val"]["sd"] is None
+    assert "±" not in text and "val - adamw" not in text  # one seed: today's table
+    header = f"{'optimizer':<28} {'train':>7} {'val':>7} {'tokens/s':>9} {'opt step ms':>11} {'state bytes':>11} {'other load':>10}"
+    assert header in text.splitlines()
+
+
+def test_seed_summaries_are_those_of_the_recorded_runs(three_seeds):
+    """mean, sample sd, the paired difference to adamw and its standard error, computed by hand from the runs in the JSON."""
+    report, text = three_seeds
+    final = {(r["label"], r["seed"]): (r["train_loss"][-1][1], r["val_loss"][-1][1]) for r in report["runs"]}
+    lion, adamw = report["summary"]["lion"], report["summary"]["adamw"]
+    for i, loss in enumerate(("final_train", "final_val")):
+        mine = [final["lion", s][i] for s in report["seeds"]]
+        base = [final["adamw", s][i] for s in report["seeds"]]
+        assert lion[loss]["mean"] == pytest.approx(statistics.mean(mine), rel=1e-12)
+        assert lion[loss]["sd"] == pytest.approx(statistics.stdev(mine), rel=1e-9)
+        differences = [m - b for m, b in zip(mine, base)]
+        assert lion["minus_adamw"][loss]["mean"] == pytest.approx(statistics.mean(differences), rel=1e-9)
+        assert lion["minus_adamw"][loss]["se"] == pytest.approx(statistics.stdev(differences) / math.sqrt(3), rel=1e-9)
+    assert "minus_adamw" not in adamw and lion["minus_adamw"]["baseline"] == "adamw"
+    row = next(line for line in text.splitlines() if line.startswith("lion   "))  # the table row, not an evaluation line
+    assert f"{lion['final_val']['mean']:.4f} ± {lion['final_val']['sd']:.4f}" in row
+    assert plus_minus(lion["minus_adamw"]["final_val"], "se") in row
+    assert "over 3 seeds (1337..1339)" in text and "val - adamw" in text
+
+
+def test_two_processes_give_the_runs_of_one_bitwise(three_seeds, tmp_path, capfd):
+    report, _ = three_seeds
+    parallel, text = _compare(tmp_path, "--seeds", "3", "--jobs", "2")
+    assert [_curves(r) for r in parallel["runs"]] == [_curves(r) for r in report["runs"]]
+    assert parallel["summary"] == report["summary"]
+    assert "in each of 2 processes" in text and "--jobs 1 for speed figures" in text
+    assert "adamw (seed 1339): train " in capfd.readouterr().err  # a line per finished run
+
+
+def _savefig_spy(monkeypatch) -> list:
+    """The figures saved while the test runs."""
+    import matplotlib.figure
+
+    figures = []
+    save = matplotlib.figure.Figure.savefig
+
+    def spy(fig, *args, **kwargs):
+        figures.append(fig)
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    return figures
+
+
+def test_plots_with_seeds_show_their_spread(tmp_path, text_file, monkeypatch, capsys):
+    """compare.png: a band per contender in each panel, said in the legend; sweep.png: ± sd in each cell; sweep_batch.png: error bars."""
+    figures = _savefig_spy(monkeypatch)
+    common = ["--data", str(text_file), "--out", str(tmp_path), "--seeds", "2", *TINY]
+    assert main(["compare", "--optim", "lion,adamw", *common]) == 0
+    assert main(["sweep", "--lr-multipliers", "1,3", "--wd-multipliers", "1", *common]) == 0
+    assert main(["sweep", "--batch-sizes", "2,4", *common]) == 0
+    compare, grid, batches = figures
+    for ax in compare.axes:
+        assert len(ax.collections) == 2 and "band ± 1 sd" in ax.get_legend().get_title().get_text()
+    cells = [t.get_text() for ax in grid.axes[:2] for t in ax.texts]
+    assert len(cells) == 4 and all("\n± " in t for t in cells) and "2 seeds" in grid.texts[0].get_text()
+    assert [c.has_yerr for c in batches.axes[0].containers] == [True, True]
+    sweep = json.loads((tmp_path / "sweep.json").read_text())
+    assert all(sd is not None for sd in sweep["batch_sizes"]["lion"]["val_loss_sd"]) and len(sweep["runs"]) == 8
+    for name in ("compare.png", "sweep.png", "sweep_batch.png"):
+        assert (tmp_path / name).stat().st_size > 1000
+    capsys.readouterr()
+
+
+def test_sweep_resume_trains_only_the_runs_not_recorded(tmp_path, text_file, monkeypatch, capsys):
+    """The JSON is rewritten after every run: an interrupted sweep keeps its finished runs, and --resume trains the rest
+    (and more seeds) only; the grid is the mean over the seeds of the recorded runs."""
+    trained = []
+
+    def counting(spec, corpus, settings, init, **kwargs):
+        if len(trained) == stop_after:
+            raise KeyboardInterrupt
+        trained.append((spec.name, settings.seed))
+        return train(spec, corpus, settings, init, **kwargs)
+
+    monkeypatch.setattr(lionk.cli.runs, "train", counting)
+    argv = ["sweep", "--data", str(text_file), "--lr-multipliers", "1", "--wd-multipliers", "1", "--out", str(tmp_path), *TINY]
+    stop_after = 3
+    assert main([*argv, "--seeds", "2"]) == 130
+    assert len(json.loads((tmp_path / "sweep.json").read_text())["runs"]) == 3
+    stop_after = None
+    assert main([*argv, "--seeds", "2", "--resume"]) == 0
+    assert trained[3:] == [("adamw", 1338)]
+    assert main([*argv, "--seeds", "3", "--resume"]) == 0
+    assert trained[4:] == [("lion", 1339), ("adamw", 1339)]
+    report = json.loads((tmp_path / "sweep.json").read_text())
+    assert len(report["runs"]) == 6 and report["seeds"] == [1337, 1338, 1339]
+    lion = [r["val_loss"][-1][1] for r in report["runs"] if r["label"].startswith("lion")]
+    assert report["grid"]["lion"]["val_loss"] == [[pytest.approx(statistics.mean(lion), rel=1e-12)]]
+    assert report["grid"]["lion"]["val_loss_sd"] == [[pytest.approx(statistics.stdev(lion), rel=1e-9)]]
+    assert "resume: 4 of the 6 runs are recorded" in capsys.readouterr().out
+    assert main([*argv, "--seeds", "3", "--resume", "--steps", "5"]) == 2
+    assert "--resume: " in capsys.readouterr().err and len(trained) == 6
+
+
+def test_compare_resume_adds_seeds(tmp_path, monkeypatch):
+    trained = []
+
+    def counting(spec, corpus, settings, init, **kwargs):
+        trained.append((spec.label, settings.seed))
+        return train(spec, corpus, settings, init, **kwargs)
+
+    first, _ = _compare(tmp_path)
+    monkeypatch.setattr(lionk.cli.runs, "train", counting)
+    second, text = _compare(tmp_path, "--seeds", "2", "--resume")
+    assert trained == [("lion", 1338), ("adamw", 1338)]
+    assert [_curves(r) for r in second["runs"] if r["seed"] == 1337] == [_curves(r) for r in first["runs"]]
+    assert "resume: 2 of the 4 runs are recorded" in text

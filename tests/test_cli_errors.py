@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import lionk.cli.compare
 import lionk.cli.sweep
 import lionk.cli.toy
 from lionk.cli import main
+from lionk.cli.training import Settings
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 SYS_DIR = Path("/sys")
@@ -157,6 +159,12 @@ def test_data_that_is_not_a_text_file(capsys, files, command, data, fragment):
         ("--eval-iters", "0", "invalid --eval-iters 0"),
         ("--threads", "0", "invalid --threads 0"),
         ("--seed", "-1", "invalid --seed -1"),
+        ("--seeds", "0", "invalid --seeds 0: must be an integer >= 1"),
+        ("--seeds", "-3", "invalid --seeds -3: must be an integer >= 1"),
+        ("--seeds", "two", "argument --seeds: invalid int value: 'two'"),
+        ("--jobs", "0", "invalid --jobs 0: must be an integer >= 1"),
+        ("--jobs", "-1", "invalid --jobs -1: must be an integer >= 1"),
+        ("--jobs", "1.5", "argument --jobs: invalid int value: '1.5'"),
         ("--n-embd", "30", "must be a multiple of --n-head 4"),
         ("--steps", "abc", "argument --steps: invalid int value: 'abc'"),
         ("--lr", "fast", "argument --lr: invalid float value: 'fast'"),
@@ -200,6 +208,40 @@ def test_toy_numbers(capsys, files, argv, fragment):
 )
 def test_sweep_grids(capsys, files, argv, fragment):
     check_one_line(capsys, ["sweep", *argv, "--out", files["dir"]], fragment)
+
+
+# -- --resume -----------------------------------------------------------------------------------------------------------
+
+
+def _recorded(directory: str, name: str, command: str, corpus: str = "text.txt", **settings) -> None:
+    """A JSON file in directory as command writes it for the task of --steps 200 --data DIRECTORY/corpus, but for settings."""
+    task = Settings(steps=200, eval_interval=200).to_json() | settings
+    corpus = str(Path(directory) / corpus)
+    (Path(directory) / name).write_text(json.dumps({"command": command, "corpus": corpus, "settings": task, "runs": []}))
+
+
+@pytest.mark.parametrize(
+    "recorded, fragment",
+    [
+        ({"steps": 100, "eval_interval": 100}, "holds runs with --steps 100, not 200: give the same --steps or another --out"),
+        ({"adamw_lr": 0.003}, "holds runs with --lr 0.003, not 0.001"),
+        ({"n_embd": 64}, "holds runs with --n-embd 64, not 128"),
+        ({"betas": [0.9, 0.95]}, "holds runs with betas [0.9, 0.95], not [0.9, 0.99]"),
+        ({"corpus": "other.txt"}, 'holds runs with --data "'),
+    ],
+)
+def test_sweep_resume_on_another_task(capsys, files, recorded, fragment):
+    """The seed may differ (more seeds extend the runs); any other setting may not."""
+    _recorded(files["dir"], "sweep.json", "sweep", **recorded)
+    check_one_line(capsys, ["sweep", "--resume", "--seed", "7", "--data", files["text"], "--out", files["dir"]], fragment)
+
+
+def test_resume_from_a_file_that_is_not_the_commands(capsys, files):
+    argv = ["compare", "--resume", "--data", files["text"], "--out", files["dir"]]
+    _recorded(files["dir"], "compare.json", "sweep")
+    check_one_line(capsys, argv, "was written by lionk sweep, not lionk compare")
+    Path(files["dir"], "compare.json").write_text('{"command": "compare"')
+    check_one_line(capsys, argv, "is not a lionk compare JSON file")
 
 
 # -- option strings ---------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,7 @@ class Job:
     settings: Settings
     name: str
 
-    @property
+    @cached_property
     def key(self) -> str:
         return run_key(self.spec.label, hyperparameters(self.spec, self.settings), self.settings.to_json())
 
