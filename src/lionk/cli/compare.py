@@ -89,7 +89,11 @@ def add_task_arguments(
         "--eval-iters", type=int, metavar="N", default=d.eval_iters, help=f"batches per loss estimate and split (default {d.eval_iters})"
     )
     parser.add_argument(
-        "--seed", type=int, metavar="N", default=d.seed, help=f"seed of the initial weights and of the batches (default {d.seed})"
+        "--seed",
+        type=int,
+        metavar="N",
+        default=d.seed,
+        help=f"seed of the initial weights and of the batches; with --seeds, the first seed (default {d.seed})",
     )
     parser.add_argument(
         "--seeds",
@@ -111,7 +115,8 @@ def add_task_arguments(
         "--jobs",
         type=int,
         metavar="J",
-        help="train up to J runs at a time, each in its own process (default: one per CPU, at most one per run); a run's "
+        help="train up to J runs at a time, each in its own process (default: one per CPU, at most one per run; 1: every "
+        "run in this process, one after the other); a run's "
         "losses are bitwise those of a run alone with the same threads, but runs at a time share the machine, which "
         "slows their tokens/s and step times: use --jobs 1 for speed figures",
     )
