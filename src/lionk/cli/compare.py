@@ -23,6 +23,7 @@ between runs. The "other load" column says how much of the machine that work too
 from __future__ import annotations
 
 import argparse
+import statistics
 import textwrap
 from dataclasses import replace
 from pathlib import Path
@@ -200,10 +201,6 @@ def _share(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.0f}%"
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 def format_table(results: list[RunResult], baseline: str | None = None) -> str:
     """The results table, a row per contender, with a note under it when other work competed for the CPUs of a run.
 
@@ -228,7 +225,7 @@ def format_table(results: list[RunResult], baseline: str | None = None) -> str:
             row += f" {plus_minus(s['minus_adamw']['final_val'], 'se') if 'minus_adamw' in s else '-':>{difference_width}}"
         loads = [r.other_load for r in runs if r.other_load is not None]
         row += (
-            f" {_mean([r.tokens_per_s for r in runs]):>9.0f} {_mean([r.optimizer_step_ms for r in runs]):>11.3f} "
+            f" {statistics.fmean(r.tokens_per_s for r in runs):>9.0f} {statistics.fmean(r.optimizer_step_ms for r in runs):>11.3f} "
             f"{runs[0].state_bytes:>11,d} {_share(max(loads) if loads else None):>10}"
         )
         lines.append(row)

@@ -40,8 +40,8 @@ def seed_list(first: int, count: int) -> list[int]:
     return list(range(first, first + count))
 
 
-def run_name(setting: str, seed: int | None, seeds: list[int | None]) -> str:
-    """What progress lines and notes call a run: its setting, and its seed when there are several seeds."""
+def run_name(setting: str, seed: int, seeds: list[int]) -> str:
+    """What progress lines call a run: its setting, and its seed when there are several seeds."""
     return setting if len(seeds) == 1 else f"{setting} (seed {seed})"
 
 
