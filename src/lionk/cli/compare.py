@@ -47,10 +47,17 @@ QUICK = dict(steps=150, batch_size=8, block_size=32, n_layer=2, n_head=2, n_embd
 
 
 def add_task_arguments(
-    parser: argparse.ArgumentParser, *, steps: int, eval_interval: int, quick_help: str, out_help: str, json_name: str
+    parser: argparse.ArgumentParser,
+    *,
+    steps: int,
+    eval_interval: int,
+    quick_help: str,
+    out_help: str,
+    json_name: str,
+    jobs_default: str,
 ) -> None:
     """Arguments shared by compare and sweep: the data, the model, the AdamW baseline and its schedule; the seeds,
-    the processes and --resume (json_name: the command's JSON file)."""
+    the processes and --resume (json_name: the command's JSON file; jobs_default: what --jobs defaults to, in words)."""
     d = Settings()
     q = QUICK
     parser.add_argument("--data", metavar="FILE", help="a UTF-8 text file to train on (default: source of this Python's standard library)")
@@ -116,7 +123,7 @@ def add_task_arguments(
         "--jobs",
         type=int,
         metavar="J",
-        help="train up to J runs at a time, each in its own process (default: one per CPU, at most one per run; 1: every "
+        help=f"train up to J runs at a time, each in its own process (default: {jobs_default}; 1: every "
         "run in this process, one after the other); a run's "
         "losses are bitwise those of a run alone with the same threads, but runs at a time share the machine, which "
         "slows their tokens/s and step times: use --jobs 1 for speed figures",
@@ -369,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
     }
     jobs = [Job(spec, replace(settings, seed=seed), run_name(spec.label, seed, seeds)) for spec in specs for seed in seeds]
     record = Record(js, head, jobs, recorded_runs(js, head) if args.resume else [])
-    workers = worker_count(args.jobs, len(record.missing(jobs)))
+    workers = worker_count(1 if args.jobs is None else args.jobs, len(record.missing(jobs)))
     processes = f"{threads_per_run(workers)} threads" + (f" in each of {workers} processes" if workers > 1 else "")
     print(
         f"corpus: {corpus.source}: vocab {corpus.vocab_size}, {len(corpus.train):,} train / {len(corpus.val):,} val chars; "
@@ -433,5 +440,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         quick_help="2 runs, about 10 s on 2 quiet CPU cores",
         out_help="directory for compare.png and compare.json, created if missing (default: the current directory)",
         json_name="compare.json",
+        jobs_default="1, so that the speed columns are measured alone",
     )
     parser.set_defaults(func=run, parser_defaults={a.dest: a.default for a in parser._actions})

@@ -305,5 +305,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         quick_help=QUICK_HELP,
         out_help="directory for sweep.png (or sweep_batch.png) and sweep.json, created if missing (default: the current directory)",
         json_name="sweep.json",
+        jobs_default="one per CPU, at most one per run",
     )
     parser.set_defaults(func=run, parser_defaults={a.dest: a.default for a in parser._actions})

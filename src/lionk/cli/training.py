@@ -447,8 +447,8 @@ def train(
             else:
                 group["lr"] = lr
         x, y = corpus.batch("train", settings.batch_size, settings.block_size, batches)
+        optimizer.zero_grad(set_to_none=True)  # before the forward pass: last step's gradients are not held with its activations
         _, loss = forward(x, y)
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if settings.grad_clip > 0 and not hp.get("gradient_release"):
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
