@@ -103,6 +103,17 @@ def test_step_temporaries_fused_lion_none_adamw_foreach_one_buffer():
         assert step_temporaries(lion.step) < 0.01 * 4 * n
 
 
+def _stepped_params(shapes, **options) -> tuple[list[torch.nn.Parameter], lionk.Lion]:
+    """Seeded parameters with gradients, and a Lion with ``options`` that has taken its first step."""
+    gen = torch.Generator().manual_seed(1)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    opt = lionk.Lion(params, lr=1e-2, weight_decay=0.1, fused=False, **options)
+    opt.step()
+    return params, opt
+
+
 def test_foreach_temporaries_are_bounded_and_runs_change_no_value(monkeypatch):
     """The foreach path steps its tensors in runs of FOREACH_CHUNK elements: its temporaries stay near four of the
     largest run's tensors, and the values are bitwise those of one run and of the reference path."""
@@ -110,12 +121,7 @@ def test_foreach_temporaries_are_bounded_and_runs_change_no_value(monkeypatch):
     results = []
     for chunk in (1 << 30, 4096 * 3):
         monkeypatch.setattr(torch_paths, "FOREACH_CHUNK", chunk)
-        gen = torch.Generator().manual_seed(1)
-        params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
-        for p in params:
-            p.grad = torch.randn(p.shape, generator=gen)
-        opt = lionk.Lion(params, lr=1e-2, weight_decay=0.1, fused=False, foreach=True)
-        opt.step()
+        params, opt = _stepped_params(shapes, foreach=True)
         used = step_temporaries(opt.step)
         results.append(([p.detach().clone() for p in params], used))
     (whole, used_whole), (runs, used_runs) = results
@@ -123,12 +129,7 @@ def test_foreach_temporaries_are_bounded_and_runs_change_no_value(monkeypatch):
     n = 24 * 4096
     assert used_whole >= 3 * 4 * n  # every tensor's temporaries at once
     assert used_runs <= 5 * 4 * 3 * 4096  # about four of a run of three tensors
-    gen = torch.Generator().manual_seed(1)
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
-    for p in params:
-        p.grad = torch.randn(p.shape, generator=gen)
-    opt = lionk.Lion(params, lr=1e-2, weight_decay=0.1, fused=False, foreach=False)
-    opt.step()
+    params, opt = _stepped_params(shapes, foreach=False)
     opt.step()
     assert all(torch.equal(a, b) for a, b in zip(whole, params))
 
