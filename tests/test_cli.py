@@ -247,8 +247,28 @@ def test_sweep_grid_and_batch_sizes(tmp_path, text_file, capsys):
     assert main(["sweep", "--batch-sizes", "2,4", *common]) == 0
     curves = json.loads((tmp_path / "sweep.json").read_text())["batch_sizes"]
     assert curves["lion"]["batch_size"] == [2, 4] and curves["lion"]["steps"] == [4, 2]  # same tokens
+    assert curves["lion"]["lr_multiplier"] == [pytest.approx(1.0)] * 2
     assert (tmp_path / "sweep_batch.png").exists()
     capsys.readouterr()
+
+
+def test_sweep_batch_sizes_step_matched_with_the_lr_retuned_per_batch(tmp_path, text_file, capsys):
+    """--batch-budget steps: every batch size takes --steps steps; with an lr grid, each point is the grid's best run at
+    that batch size (checked against the runs in the JSON) and says which lr multiplier won."""
+    common = ["--data", str(text_file), "--out", str(tmp_path), *TINY]
+    argv = ["sweep", "--batch-sizes", "2,4", "--batch-budget", "steps", "--lr-multipliers", "0.1,1,10", *common]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "sweep.json").read_text())
+    assert report["batch_budget"] == "steps" and len(report["runs"]) == 2 * 2 * 3
+    for name, curve in report["batch_sizes"].items():
+        assert curve["steps"] == [4, 4]
+        for b, lr, mult, val in zip(curve["batch_size"], curve["lr"], curve["lr_multiplier"], curve["val_loss"]):
+            rows = [e for e in report["summary"] if (e["optimizer"], e["batch_size"]) == (name, b)]
+            assert len(rows) == 3 and val == min(e["final_val"]["mean"] for e in rows)
+            assert lr == next(e["lr"] for e in rows if e["final_val"]["mean"] == val)
+            assert mult in (pytest.approx(0.1), pytest.approx(1.0), pytest.approx(10.0))
+    out = capsys.readouterr().out
+    assert "batch 2 (4 steps, best lr" in out
 
 
 @pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="tiny shakespeare not available")
@@ -342,6 +362,16 @@ def test_final_loss_does_not_depend_on_how_often_the_run_is_evaluated(text_file)
         assert often.step_loss == once.step_loss
         assert often.val_loss[-1] == once.val_loss[-1] and often.train_loss[-1] == once.train_loss[-1]
         assert often.val_loss[0] == once.val_loss[0]  # the same batches at every estimate
+
+
+def test_runs_at_different_batch_sizes_are_scored_on_the_same_windows(text_file):
+    """The evaluation batches do not depend on the training batch size: before any step, the estimates agree exactly."""
+    corpus = load_corpus(str(text_file))
+    s = Settings(steps=1, batch_size=2, block_size=8, n_layer=1, n_head=2, n_embd=16, warmup=0, eval_interval=1, eval_iters=2)
+    init = initial_state(s, corpus.vocab_size)
+    small, large = (train(OptimSpec("lion", "lion"), corpus, replace(s, batch_size=b), init) for b in (2, 7))
+    assert small.val_loss[0] == large.val_loss[0] and small.train_loss[0] == large.train_loss[0]
+    assert small.val_loss[-1] != large.val_loss[-1]  # the step itself did see different batches
 
 
 def test_nuclear_kernel_runs_with_sign_on_the_1d_weights(text_file, capsys, tmp_path):

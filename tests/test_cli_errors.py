@@ -204,6 +204,7 @@ def test_toy_numbers(capsys, files, argv, fragment):
         (["--batch-sizes", "4,x"], "invalid value 'x' in --batch-sizes"),
         (["--batch-sizes", "2.5"], "must be positive integers"),
         (["--batch-sizes", "0"], "invalid value '0'"),
+        (["--batch-budget", "steps"], "--batch-budget applies only to the batch-size ablation: give --batch-sizes too"),
     ],
 )
 def test_sweep_grids(capsys, files, argv, fragment):

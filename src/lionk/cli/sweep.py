@@ -6,10 +6,13 @@ from_adamw(lr, wd, factor); grid points are the centre times --lr-multipliers an
 The final validation loss of every run is drawn as two heatmaps side by side on one colour scale
 (sweep.png); a diverged run shows as a grey cell.
 
---batch-sizes B1,B2,... runs the batch-size ablation instead: both optimizers at their centre settings,
-every batch size trained on the same number of tokens (--steps x --batch-size x context), so a batch
-B run takes round(steps * batch_size / B) steps; it writes sweep_batch.png (final validation loss
-against batch size). Both modes write sweep.json into --out.
+--batch-sizes B1,B2,... runs the batch-size ablation instead. With --batch-budget tokens (the default) every
+batch size trains on the same number of tokens (--steps x --batch-size x context), so a batch B run takes
+round(steps * batch_size / B) steps; with --batch-budget steps every batch size takes --steps steps. At each
+batch size both optimizers run the grid of --lr-multipliers x --wd-multipliers around their centre settings
+(in this mode both default to 1: the centre alone), and sweep_batch.png draws the best final validation loss
+of each optimizer's grid against batch size, each point labelled with the lr multiplier that won: give
+several lr multipliers to re-tune the lr per batch size. Both modes write sweep.json into --out.
 
 --seeds N runs every setting with the seeds --seed, ..., --seed + N - 1: the heatmaps then show the mean final
 loss over them with its sample standard deviation in each cell, and sweep_batch.png error bars of one standard
@@ -75,14 +78,18 @@ def grid_points(settings: Settings, lr_mults: list[float], wd_mults: list[float]
     return points
 
 
-def batch_points(settings: Settings, batch_sizes: list[int]) -> list[Point]:
-    """Both optimizers at their centre settings at every batch size, each trained on the tokens of --steps x --batch-size."""
+def batch_points(settings: Settings, batch_sizes: list[int], lr_mults: list[float], wd_mults: list[float], budget: str) -> list[Point]:
+    """At every batch size, each optimizer's grid (its centre times the multipliers), trained for --steps steps
+    (budget "steps") or on the tokens of --steps x --batch-size (budget "tokens")."""
     tokens = settings.steps * settings.batch_size
     points = []
     for b in batch_sizes:
-        steps = max(1, round(tokens / b))
+        steps = settings.steps if budget == "steps" else max(1, round(tokens / b))
         s = dataclasses.replace(settings, batch_size=b, steps=steps, eval_interval=steps, warmup=min(settings.warmup, steps // 10))
-        points += [Point(name, *_centre(name, settings), s, f"{name} batch {b}") for name in OPTIMIZERS]
+        for name in OPTIMIZERS:
+            lr0, wd0 = _centre(name, settings)
+            for wd in (wd0 * m for m in wd_mults):
+                points += [Point(name, lr, wd, s, f"{_spec(name, lr, wd).label} batch {b}") for lr in (lr0 * m for m in lr_mults)]
     return points
 
 
@@ -120,15 +127,32 @@ def grid_from(summary: list[dict], settings: Settings, lr_mults: list[float]) ->
     return grids
 
 
-def batches_from(summary: list[dict]) -> dict:
-    """Per optimizer, against batch size: the steps and the final validation loss, mean (val_loss) and sample standard
-    deviation (val_loss_sd, None for one seed) over the seeds."""
+def best_per_batch(summary: list[dict], name: str) -> list[dict]:
+    """The optimizer's summary entry with the lowest mean final validation loss at each batch size, by batch size
+    (a diverged entry never wins unless all did)."""
+    best = {}
+    for e in (e for e in summary if e["optimizer"] == name):
+        held = best.get(e["batch_size"])
+        if held is None or (math.isfinite(e["final_val"]["mean"]) and not e["final_val"]["mean"] >= held["final_val"]["mean"]):
+            best[e["batch_size"]] = e
+    return [best[b] for b in sorted(best)]
+
+
+def batches_from(summary: list[dict], settings: Settings) -> dict:
+    """Per optimizer, against batch size, its best grid point (best_per_batch): the steps, its lr and weight decay and
+    their multiples of the centre (lr_multiplier, wd_multiplier), and its final validation loss, mean (val_loss) and
+    sample standard deviation (val_loss_sd, None for one seed) over the seeds."""
     curves = {}
     for name in OPTIMIZERS:
-        entries = [e for e in summary if e["optimizer"] == name]
+        lr0, wd0 = _centre(name, settings)
+        entries = best_per_batch(summary, name)
         curves[name] = {
             "batch_size": [e["batch_size"] for e in entries],
             "steps": [e["steps"] for e in entries],
+            "lr": [e["lr"] for e in entries],
+            "weight_decay": [e["weight_decay"] for e in entries],
+            "lr_multiplier": [e["lr"] / lr0 for e in entries],
+            "wd_multiplier": [e["weight_decay"] / wd0 if wd0 else 1.0 for e in entries],
             "val_loss": [e["final_val"]["mean"] for e in entries],
             "val_loss_sd": [e["final_val"]["sd"] for e in entries],
         }
@@ -189,16 +213,22 @@ def plot_grid(grids: dict, title: str, path: Path, seeds: int) -> None:
     plt.close(fig)
 
 
-def plot_batches(curves: dict, title: str, path: Path, seeds: int) -> None:
+def plot_batches(curves: dict, title: str, path: Path, seeds: int, budget: str, tuned: bool) -> None:
     """Final validation loss against batch size (log axis, one tick per batch size), one line per optimizer; with several
-    seeds, the mean over them with error bars of ± one sample standard deviation."""
+    seeds, the mean over them with error bars of ± one sample standard deviation; with a grid per batch size (tuned),
+    each point is the grid's best and is labelled with its lr multiplier."""
     plt = pyplot("sweep")
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     for name, c in curves.items():
-        ax.errorbar(c["batch_size"], c["val_loss"], yerr=c["val_loss_sd"] if seeds > 1 else None, fmt="o-", capsize=4, label=name)
+        label = name + (" (best of its lr grid)" if tuned else "")
+        ax.errorbar(c["batch_size"], c["val_loss"], yerr=c["val_loss_sd"] if seeds > 1 else None, fmt="o-", capsize=4, label=label)
+        if tuned:
+            for b, v, m in zip(c["batch_size"], c["val_loss"], c["lr_multiplier"]):
+                ax.annotate(f"lr x{m:.3g}", (b, v), textcoords="offset points", xytext=(6, 4), fontsize=8)
     sizes = curves[OPTIMIZERS[0]]["batch_size"]
     ylabel = "final validation loss" + (f" (mean of {seeds} seeds, bars ± 1 sd)" if seeds > 1 else "")
-    ax.set(xscale="log", xlabel="batch size (every run trains on the same number of tokens)", ylabel=ylabel)
+    matched = "the same number of steps" if budget == "steps" else "the same number of tokens"
+    ax.set(xscale="log", xlabel=f"batch size (every run trains for {matched})", ylabel=ylabel)
     ax.set_xticks(sizes, [str(b) for b in sizes])
     ax.minorticks_off()
     ax.set_title(title)
@@ -212,14 +242,20 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     settings = dataclasses.replace(settings, eval_interval=settings.steps)  # only the final loss is used
     seeds = seed_list(settings.seed, args.seeds)
-    lr_mults = parse_float_list(args.lr_multipliers, "--lr-multipliers")
-    wd_mults = parse_float_list(args.wd_multipliers, "--wd-multipliers")
     batch_sizes = None
     if args.batch_sizes is not None:
         values = parse_float_list(args.batch_sizes, "--batch-sizes")
         if any(v != int(v) for v in values):
             raise CLIError(f"invalid --batch-sizes {args.batch_sizes!r}: must be positive integers")
         batch_sizes = sorted(int(v) for v in values)
+    elif args.batch_budget is not None:
+        raise CLIError("--batch-budget applies only to the batch-size ablation: give --batch-sizes too")
+    grid_default = "0.333,1,3", "0.1,1,10"
+    lr_mults, wd_mults = (
+        parse_float_list(text if text is not None else ("1" if batch_sizes else default), flag)
+        for text, default, flag in zip((args.lr_multipliers, args.wd_multipliers), grid_default, ("--lr-multipliers", "--wd-multipliers"))
+    )
+    budget = args.batch_budget or "tokens"
     corpus = load_corpus(args.data)
     corpus.check_context(settings.block_size)
     out = output_dir(args.out, ("sweep.png" if batch_sizes is None else "sweep_batch.png", "sweep.json"))
@@ -228,7 +264,10 @@ def run(args: argparse.Namespace) -> int:
     source = Path(corpus.source).name if args.data else "python-stdlib"
     js = out / "sweep.json"
     head = {"command": "sweep", "corpus": corpus.source, "settings": settings.to_json(), "seeds": seeds, "machine": machine()}
-    points = grid_points(settings, lr_mults, wd_mults) if batch_sizes is None else batch_points(settings, batch_sizes)
+    if batch_sizes is None:
+        points = grid_points(settings, lr_mults, wd_mults)
+    else:
+        points = batch_points(settings, batch_sizes, lr_mults, wd_mults, budget)
     jobs = [job for point in points for job in point.jobs(seeds)]
     record = Record(js, head, jobs, recorded_runs(js, head) if args.resume else [])
     workers = worker_count(args.jobs, len(record.missing(jobs)))
@@ -260,16 +299,25 @@ def run(args: argparse.Namespace) -> int:
                 f"worst {plus_minus(worst['final_val'])}"
             )
     else:
-        curves = batches_from(summary)
+        curves = batches_from(summary, settings)
         png = out / "sweep_batch.png"
-        tokens = settings.steps * settings.batch_size * settings.block_size
-        plot_batches(curves, f"{source}: {tokens:,} training tokens per run", png, len(seeds))
-        record.write(summary=summary, batch_sizes=curves)
+        tuned = len(lr_mults) * len(wd_mults) > 1
+        if budget == "steps":
+            title = f"{source}: {settings.steps} steps per run"
+        else:
+            title = f"{source}: {settings.steps * settings.batch_size * settings.block_size:,} training tokens per run"
+        if tuned:
+            title += "\nbest of lr x " + ",".join(f"{m:g}" for m in lr_mults)
+            title += ", wd x " + ",".join(f"{m:g}" for m in wd_mults) if len(wd_mults) > 1 else ""
+        plot_batches(curves, title, png, len(seeds), budget, tuned)
+        record.write(summary=summary, batch_sizes=curves, batch_budget=budget)
         for name in OPTIMIZERS:
-            entries = [e for e in summary if e["optimizer"] == name]
-            print(
-                f"{name}: " + ", ".join(f"batch {e['batch_size']} ({e['steps']} steps): val {plus_minus(e['final_val'])}" for e in entries)
-            )
+            tuning = ", best lr {lr:.3g}, wd {weight_decay:.3g}" if tuned else ""
+            points = [
+                f"batch {e['batch_size']} ({e['steps']} steps" + tuning.format(**e) + f"): val {plus_minus(e['final_val'])}"
+                for e in best_per_batch(summary, name)
+            ]
+            print(f"{name}: " + ", ".join(points))
     print(f"wrote {png} and {js}")
     return 0
 
@@ -283,20 +331,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--lr-multipliers",
-        default="0.333,1,3",
         metavar="M1,M2,...",
-        help="lr grid as multiples of each optimizer's centre lr: distinct positive numbers (default 0.333,1,3)",
+        help="lr grid as multiples of each optimizer's centre lr: distinct positive numbers (default 0.333,1,3; with --batch-sizes 1)",
     )
     parser.add_argument(
         "--wd-multipliers",
-        default="0.1,1,10",
         metavar="M1,M2,...",
-        help="weight-decay grid as multiples of each optimizer's centre: distinct positive numbers (default 0.1,1,10)",
+        help="weight-decay grid as multiples of each optimizer's centre: distinct positive numbers (default 0.1,1,10; "
+        "with --batch-sizes 1)",
     )
     parser.add_argument(
         "--batch-sizes",
         metavar="B1,B2,...",
-        help="run the batch-size ablation at a fixed token budget instead of the grid: distinct positive integers",
+        help="run the batch-size ablation instead of the grid: distinct positive integers",
+    )
+    parser.add_argument(
+        "--batch-budget",
+        choices=("tokens", "steps"),
+        help="with --batch-sizes: every batch size trains on the tokens of --steps x --batch-size (tokens, the default) "
+        "or for --steps steps (steps)",
     )
     add_task_arguments(
         parser,

@@ -7,9 +7,10 @@ Weight decay goes to 2-D (and larger) tensors only, as nanoGPT's configure_optim
 biases are not decayed. Gradients are clipped to global norm grad_clip before each step (under gradient release,
 which never holds the whole gradient, each tensor's gradient to norm grad_clip on its own). Every run starts
 from the same initial weights and draws the same batches (a generator seeded with seed), so optimizers
-differ only in their updates. Every loss estimate is the mean over the same eval_iters batches of each split
-(drawn afresh from a generator seeded with seed + 1), so estimates differ only by the weights, and the final
-loss does not depend on how often the run was evaluated.
+differ only in their updates. Every loss estimate is the mean over the same eval_iters batches of EVAL_BATCH_SIZE
+windows of each split (drawn afresh from a generator seeded with seed + 1, whatever the training batch size), so
+estimates differ only by the weights, the final loss does not depend on how often the run was evaluated, and runs
+at different batch sizes are scored on the same text.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from .gpt import GPT, GPTConfig
 from .machine import OtherLoad, PeakRSS
 
 __all__ = ["OptimSpec", "Settings", "RunResult", "parse_optims", "lr_at", "initial_state", "train"]
+
+#: Windows per evaluation batch: fixed, so that every run of a seed is scored on the same windows.
+EVAL_BATCH_SIZE = 12
 
 _NAMES = ("lion", "lionsf", "adamw")
 _LION_ONLY = ("kernel", "factor", "cautious", "momentum", "sr", "release", "wd_mode")
@@ -348,7 +352,8 @@ def initial_state(settings: Settings, vocab_size: int) -> dict[str, torch.Tensor
 
 @torch.no_grad()
 def _estimate(model: GPT, forward: Callable, optimizer: torch.optim.Optimizer, corpus: Corpus, settings: Settings) -> dict[str, float]:
-    """Mean loss over the same eval_iters batches of each split (LionSF's parameters switched to their average meanwhile)."""
+    """Mean loss over the same eval_iters batches of EVAL_BATCH_SIZE windows of each split (LionSF's parameters switched
+    to their average meanwhile)."""
     schedule_free = isinstance(optimizer, LionSF)
     if schedule_free:
         optimizer.eval()
@@ -357,7 +362,7 @@ def _estimate(model: GPT, forward: Callable, optimizer: torch.optim.Optimizer, c
     out = {}
     for split in ("train", "val"):
         losses = [
-            forward(*corpus.batch(split, settings.batch_size, settings.block_size, generator))[1].item() for _ in range(settings.eval_iters)
+            forward(*corpus.batch(split, EVAL_BATCH_SIZE, settings.block_size, generator))[1].item() for _ in range(settings.eval_iters)
         ]
         out[split] = sum(losses) / len(losses)
     model.train()
