@@ -222,6 +222,7 @@ def test_compare_writes_table_png_json(tmp_path, text_file, capsys):
     out = capsys.readouterr().out
     for col in ("train", "val", "tokens/s", "opt step ms", "state bytes", "peak RSS MB", "lion:kernel=l2", "together", "step temp"):
         assert col in out
+    assert "runs that follow others in one process reuse memory" in out  # their peak RSS is not their own alone
     report = json.loads((tmp_path / "compare.json").read_text())
     lion, adamw = report["runs"][0]["memory"], report["runs"][2]["memory"]
     assert lion["weights"] == lion["gradients"] == 4.0 and adamw["state"] > 2 * lion["state"] - 0.1

@@ -281,6 +281,11 @@ def format_memory(results: list[RunResult]) -> str:
         )
     if not all(r.peak_rss_per_run for r in results):
         lines.append("note: peak RSS is the process's since it started (this platform cannot reset it between runs)")
+    elif len(results) > 1:
+        lines.append(
+            "note: runs that follow others in one process reuse memory the allocator kept from them, so their peak RSS can be\n"
+            "tens of MB off their own; for a clean figure train each contender in a command of its own"
+        )
     return "\n".join(lines)
 
 
