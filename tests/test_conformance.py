@@ -17,6 +17,7 @@ import copy
 import io
 import itertools
 import pickle
+import weakref
 
 import pytest
 import torch
@@ -301,6 +302,23 @@ def test_steps_with_no_or_partial_gradients(name, path):
     for i, (p, b) in enumerate(zip(params, before)):
         assert torch.equal(p, b) == (i % 2 == 1)
         assert ("exp_avg" in opt.state[p]) == (i % 2 == 0)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("path", PATHS)
+def test_a_step_keeps_no_gradient_alive(name, path):
+    """After step() the optimizer holds no reference to the gradients it used: zero_grad(set_to_none=True) frees them
+    (a cache that kept them would hold a second whole gradient through the next forward and backward)."""
+    params = _params(torch.float32)
+    opt = OPTIMIZERS[name](params, lr=1e-2, weight_decay=0.1, **PATHS[path])
+    for step in range(2):  # the first step builds the cached plan, the second reuses it
+        for p, grad in zip(params, _grads(params, step, torch.float32, nonfinite=False)):
+            p.grad = grad
+        del grad
+        grads = [weakref.ref(p.grad) for p in params]
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        assert all(ref() is None for ref in grads)
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)

@@ -5,6 +5,7 @@ accumulation, schedulers, GradScaler and clipping is decided and checked here.""
 from __future__ import annotations
 
 import copy
+import weakref
 
 import pytest
 import torch
@@ -91,6 +92,23 @@ def test_only_a_bucket_of_gradients_is_alive_at_once():
     _loss(model, _batches(1)[0]).backward()
     assert max(alive) == 0  # with release_bucket=0 each gradient is stepped and freed as soon as it is ready
     assert all(opt.state[p]["step"] == 1 for p in model.parameters())
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_released_gradients_are_freed_not_only_unlinked(path):
+    """The gradients gradient release frees are gone once backward ends: nothing in the optimizer (its plan cache
+    included) keeps a reference to them."""
+    model = _model()
+    opt = Lion(model.parameters(), lr=1e-2, gradient_release=True, **PATHS[path])
+    grads = []
+    for x in _batches(2):
+        grads.clear()
+        hooks = [p.register_post_accumulate_grad_hook(lambda q: grads.append(weakref.ref(q.grad))) for p in model.parameters()]
+        _loss(model, x).backward()
+        for h in hooks:
+            h.remove()
+        assert len(grads) == len(list(model.parameters())) and all(g() is None for g in grads)
+    assert all(opt.state[p]["step"] == 2 for p in model.parameters())
 
 
 def test_accumulation_over_micro_batches():

@@ -316,6 +316,7 @@ class DistributedLion(Lion):
                 "Use nonfinite='skip' to let such entries vote 0."
             )
         if n_max == 0:
+            self._forget_gradients(work)
             return loss
         payload = pack_bits(local > 0)
         if any_zero:
@@ -344,6 +345,7 @@ class DistributedLion(Lion):
             if slots:
                 group["step"] += 1
             self._count_steps(slots)
+        self._forget_gradients(work)
         if self.check_every and self.param_groups[0]["step"] % self.check_every == 0:
             self.check_replicas()
         return loss

@@ -492,6 +492,16 @@ class Lion(torch.optim.Optimizer):
                 clip_per_tensor([s.grad for s in item.slots], max_norm)
             item.cache.plan.run(item.hyper)
             self._count_steps(item.slots)
+        self._forget_gradients(work)
+
+    @staticmethod
+    def _forget_gradients(work: list[Work]) -> None:
+        """Drop the cached slots' references to this step's gradients (the next step refreshes them): the plan cache
+        must not keep a whole gradient alive after the step, through ``zero_grad(set_to_none=True)`` or gradient
+        release's freeing."""
+        for item in work:
+            for s in item.slots:
+                s.grad = None
 
     # ---- gradient release ----------------------------------------------------------------------------------------
 
