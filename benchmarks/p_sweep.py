@@ -9,8 +9,9 @@ contenders with ``lionk compare`` (``lion`` is p = 1), then draw the losses::
         --optim "lion,lion:kernel=lp(p=1.25,match_sign_rms=True),lion:kernel=lp(p=1.5,match_sign_rms=True),..."
     python benchmarks/p_sweep.py results/p_sweep/compare.json
 
-It writes p_sweep.png beside the JSON: the final validation loss of every run against p (one line per lr and
-match_sign_rms setting; with several seeds the mean and ± one sample standard deviation), and prints the table.
+It writes p_sweep.png beside the JSON: the final validation loss of every run against p (one line per lr; runs
+without match_sign_rms in a panel of their own, their losses are on another scale; with several seeds the mean
+and ± one sample standard deviation), and prints the table.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def main() -> None:
         losses = lines.setdefault((f"{lr:.3g}", matched), {})
         losses.setdefault(p, []).append(run["val_loss"][-1][1])
     plt = pyplot("p_sweep")
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+    panels = [True] + ([False] if any(not matched for _, matched in lines) else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.4), layout="constrained", squeeze=False)
     print(f"{'lr':>8} {'match_sign_rms':>14} {'p':>5} {'val (mean ± sd over seeds)':>28}")
     for (lr, matched), by_p in sorted(lines.items()):
         ps = sorted(by_p)
@@ -60,13 +62,15 @@ def main() -> None:
         for p, mean, sd in zip(ps, means, sds):
             spread = f" ± {sd:.4f} ({len(by_p[p])} seeds)" if len(by_p[p]) > 1 else " (1 seed)"
             print(f"{lr:>8} {matched!s:>14} {p:>5.2f} {mean:>12.4f}{spread}")
-        label = f"lr {lr}" + ("" if matched else ", unscaled")
-        ax.errorbar(ps, means, yerr=sds if any(sds) else None, fmt="o-", capsize=4, label=label)
-    ax.set(xlabel="p (Lion-lp: K(x) = ||x||_p; p = 1 is Lion)", ylabel="final validation loss")
+        ax = axes[0][panels.index(matched)]
+        ax.errorbar(ps, means, yerr=sds if any(sds) else None, fmt="o-", capsize=4, label=f"lr {lr}")
     settings = report["settings"]
-    ax.set_title(f"{Path(report['corpus']['source']).name}: {settings['steps']} steps at batch {settings['batch_size']}")
-    ax.grid(alpha=0.3)
-    ax.legend(title="Lion-lp, match_sign_rms=True unless said")
+    task = f"{Path(report['corpus']['source']).name}: {settings['steps']} steps at batch {settings['batch_size']}"
+    for ax, matched in zip(axes[0], panels):
+        ax.set(xlabel="p (Lion-lp: K(x) = ||x||_p; p = 1 is Lion)", ylabel="final validation loss")
+        ax.set_title(task + ("" if matched else "\nunscaled directions (match_sign_rms=False)"))
+        ax.grid(alpha=0.3)
+        ax.legend(title="match_sign_rms=True" if matched else "match_sign_rms=False")
     out = args.json.with_name("p_sweep.png")
     fig.savefig(out, dpi=100)
     print(f"wrote {out}")
