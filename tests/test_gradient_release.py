@@ -187,6 +187,25 @@ def test_settings_that_cannot_release_are_refused():
         Lion(_model().parameters(), max_grad_norm=0)
 
 
+def test_refused_across_processes_before_anything_is_stepped(monkeypatch):
+    """With more than one process (DDP) the hook would step on the local gradient before the all-reduce: refused at
+    construction, and in backward when the process group was made after the optimizer (nothing stepped)."""
+    import torch.distributed as dist
+
+    model = _model()
+    opt = Lion(model.parameters(), lr=1e-2, gradient_release=True)
+    before = [p.detach().clone() for p in model.parameters()]
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    with pytest.raises(ValueError, match="gradient_release=True with 2 processes"):
+        Lion(_model().parameters(), gradient_release=True)
+    with pytest.raises(RuntimeError, match="before DDP averages it"):
+        _loss(model, _batches(1)[0]).backward()
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before)) and len(opt.state) == 0
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 1)  # one process: allowed
+    Lion(_model().parameters(), gradient_release=True)
+
+
 def test_the_optimizer_is_not_kept_alive_by_its_hooks():
     import gc
     import weakref

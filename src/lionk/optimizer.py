@@ -517,6 +517,7 @@ class Lion(torch.optim.Optimizer):
         self._pending_numel = 0
         self._accumulating = False
         if gradient_release:
+            _refuse_release_across_processes(ValueError)
             self._step_supports_amp_scaling = True  # so that GradScaler tells step(), which refuses it (see step)
 
     def _register_release(self, group: dict[str, Any], index: int) -> None:
@@ -535,7 +536,8 @@ class Lion(torch.optim.Optimizer):
     def _release(self, p: Tensor) -> None:
         if self._accumulating:
             return
-        if not self._pending:  # the rest is stepped when this backward ends
+        if not self._pending:  # the first of this backward; the rest is stepped when this backward ends
+            _refuse_release_across_processes(RuntimeError)  # a process group may have been made after the optimizer
             torch.autograd.Variable._execution_engine.queue_callback(self._flush_released)
         self._pending.append(p)
         self._pending_numel += p.numel()
@@ -621,6 +623,20 @@ class Work(NamedTuple):
     hyper: Hyper
     slots: list[Slot]
     cache: _GroupPlan
+
+
+def _refuse_release_across_processes(error: type[Exception]) -> None:
+    """Raise ``error`` when torch.distributed runs more than one process: gradient release steps each parameter on
+    its local gradient inside backward, before DDP's all-reduce could average it, so replicas would diverge."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world > 1:
+        raise error(
+            f"gradient_release=True with {world} processes: each parameter would be stepped on this process's own gradient "
+            "inside backward, before DDP averages it, and the replicas would diverge. Use gradient release in "
+            "single-process training; across processes use DDP without it, FSDP2, or lionk.DistributedLion"
+        )
 
 
 def _gradient_ready(optimizer: weakref.ref, p: Tensor) -> None:
