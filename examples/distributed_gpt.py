@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.out:
             Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
     if distributed:
+        dist.barrier()  # no rank tears gloo down while another still talks to it (that can abort a process at exit)
         dist.destroy_process_group()
     return summary
 
