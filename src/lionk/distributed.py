@@ -59,7 +59,7 @@ from ._engine.torch_paths import store_slot
 from ._engine.update import clip_per_tensor, decayed, ema, interpolate, lr_and_decay
 from ._tensor import as_real, is_dtensor, opmath_dtype
 from .kernels import Huber, Kernel, Relativistic, Sign, Tanh, get_kernel
-from .optimizer import Lion
+from .optimizer import Lion, Work
 
 __all__ = ["VOTES", "CommCounter", "DistributedLion", "counting_allreduce_hook", "pack_bits", "unpack_bits"]
 
@@ -270,6 +270,14 @@ class DistributedLion(Lion):
             with torch.enable_grad():
                 loss = closure()
         work = self._prepare()
+        try:
+            self._vote_and_step(work)
+        finally:  # also when the ranks disagree: the cached slots keep no gradient alive
+            self._forget_gradients(work)
+        return loss
+
+    def _vote_and_step(self, work: list[Work]) -> None:
+        """step's work on the checked slots: local momenta, the two collectives, the common update."""
         for group, _, slots, _ in work:
             if group["max_grad_norm"] is not None:
                 clip_per_tensor([s.grad for s in slots], group["max_grad_norm"])
@@ -316,8 +324,7 @@ class DistributedLion(Lion):
                 "Use nonfinite='skip' to let such entries vote 0."
             )
         if n_max == 0:
-            self._forget_gradients(work)
-            return loss
+            return
         payload = pack_bits(local > 0)
         if any_zero:
             payload = torch.cat([payload, pack_bits(local != 0)])
@@ -345,10 +352,8 @@ class DistributedLion(Lion):
             if slots:
                 group["step"] += 1
             self._count_steps(slots)
-        self._forget_gradients(work)
         if self.check_every and self.param_groups[0]["step"] % self.check_every == 0:
             self.check_replicas()
-        return loss
 
     @torch.no_grad()
     def check_replicas(self) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from . import _engine
@@ -486,13 +487,15 @@ class Lion(torch.optim.Optimizer):
 
     def _run(self, work: list[Work]) -> None:
         """Run every group's plan with its settings of this step, then count the step."""
-        for item in work:
-            max_norm = item.group["max_grad_norm"]
-            if max_norm is not None:
-                clip_per_tensor([s.grad for s in item.slots], max_norm)
-            item.cache.plan.run(item.hyper)
-            self._count_steps(item.slots)
-        self._forget_gradients(work)
+        try:
+            for item in work:
+                max_norm = item.group["max_grad_norm"]
+                if max_norm is not None:
+                    clip_per_tensor([s.grad for s in item.slots], max_norm)
+                item.cache.plan.run(item.hyper)
+                self._count_steps(item.slots)
+        finally:  # also when a path raised
+            self._forget_gradients(work)
 
     @staticmethod
     def _forget_gradients(work: list[Work]) -> None:
@@ -628,8 +631,6 @@ class Work(NamedTuple):
 def _refuse_release_across_processes(error: type[Exception]) -> None:
     """Raise ``error`` when torch.distributed runs more than one process: gradient release steps each parameter on
     its local gradient inside backward, before DDP's all-reduce could average it, so replicas would diverge."""
-    import torch.distributed as dist
-
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if world > 1:
         raise error(

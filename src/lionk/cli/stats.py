@@ -9,33 +9,27 @@ standard error sd(d) / sqrt(n). With one seed there is no spread: sd and the sta
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
 __all__ = ["spread", "paired_difference", "plus_minus"]
 
 
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values)
-
-
 def _sd(values: Sequence[float]) -> float | None:
     """The sample standard deviation (n - 1 in the denominator), None for one value."""
-    if len(values) < 2:
-        return None
-    mean = _mean(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return statistics.stdev(values) if len(values) > 1 else None
 
 
 def spread(values: Sequence[float]) -> dict[str, float | int | None]:
     """{"mean", "sd", "n"} of values (one per seed)."""
-    return {"mean": _mean(values), "sd": _sd(values), "n": len(values)}
+    return {"mean": statistics.fmean(values), "sd": _sd(values), "n": len(values)}
 
 
 def paired_difference(values: Sequence[float], baseline: Sequence[float]) -> dict[str, float | int | None]:
     """{"mean", "se", "n"} of values[i] - baseline[i] (the same seed at each i): the mean difference and its standard error."""
     differences = [v - b for v, b in zip(values, baseline, strict=True)]
     sd = _sd(differences)
-    return {"mean": _mean(differences), "se": None if sd is None else sd / math.sqrt(len(differences)), "n": len(differences)}
+    return {"mean": statistics.fmean(differences), "se": None if sd is None else sd / math.sqrt(len(differences)), "n": len(differences)}
 
 
 def plus_minus(stat: dict, error: str = "sd", spec: str = ".4f") -> str:

@@ -39,6 +39,8 @@ from .stats import plus_minus, spread
 from .training import OptimSpec, RunResult, Settings, hyperparameters, parse_float_list
 
 OPTIMIZERS = ("lion", "adamw")
+#: The grids' multipliers when none are given (the batch-size ablation then runs the centre alone).
+LR_GRID, WD_GRID = "0.333,1,3", "0.1,1,10"
 #: What --quick costs here (the default grid: 18 runs), for --help.
 QUICK_HELP = "18 runs with the default grid, about 30 s on 2 quiet CPU cores"
 
@@ -250,11 +252,9 @@ def run(args: argparse.Namespace) -> int:
         batch_sizes = sorted(int(v) for v in values)
     elif args.batch_budget is not None:
         raise CLIError("--batch-budget applies only to the batch-size ablation: give --batch-sizes too")
-    grid_default = "0.333,1,3", "0.1,1,10"
-    lr_mults, wd_mults = (
-        parse_float_list(text if text is not None else ("1" if batch_sizes else default), flag)
-        for text, default, flag in zip((args.lr_multipliers, args.wd_multipliers), grid_default, ("--lr-multipliers", "--wd-multipliers"))
-    )
+    lr_default, wd_default = ("1", "1") if batch_sizes else (LR_GRID, WD_GRID)
+    lr_mults = parse_float_list(args.lr_multipliers if args.lr_multipliers is not None else lr_default, "--lr-multipliers")
+    wd_mults = parse_float_list(args.wd_multipliers if args.wd_multipliers is not None else wd_default, "--wd-multipliers")
     budget = args.batch_budget or "tokens"
     corpus = load_corpus(args.data)
     corpus.check_context(settings.block_size)
@@ -332,12 +332,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--lr-multipliers",
         metavar="M1,M2,...",
-        help="lr grid as multiples of each optimizer's centre lr: distinct positive numbers (default 0.333,1,3; with --batch-sizes 1)",
+        help=f"lr grid as multiples of each optimizer's centre lr: distinct positive numbers (default {LR_GRID}; with --batch-sizes 1)",
     )
     parser.add_argument(
         "--wd-multipliers",
         metavar="M1,M2,...",
-        help="weight-decay grid as multiples of each optimizer's centre: distinct positive numbers (default 0.1,1,10; "
+        help=f"weight-decay grid as multiples of each optimizer's centre: distinct positive numbers (default {WD_GRID}; "
         "with --batch-sizes 1)",
     )
     parser.add_argument(
