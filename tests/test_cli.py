@@ -253,6 +253,19 @@ def test_sweep_grid_and_batch_sizes(tmp_path, text_file, capsys):
     capsys.readouterr()
 
 
+def test_sweep_grids_centred_on_each_optimizers_own_point(tmp_path, text_file, capsys):
+    """--lion-lr and --lion-weight-decay move Lion's centre off from_adamw's; AdamW's stays at --lr and --weight-decay."""
+    argv = ["sweep", "--lr-multipliers", "0.5,2", "--wd-multipliers", "1,3", "--lr", "4e-3", "--lion-lr", "7e-4"]
+    assert main([*argv, "--lion-weight-decay", "2.7", "--data", str(text_file), "--out", str(tmp_path), *TINY]) == 0
+    grid = json.loads((tmp_path / "sweep.json").read_text())["grid"]
+    assert grid["lion"]["centre"] == [7e-4, 2.7] and grid["adamw"]["centre"] == [4e-3, 0.1]
+    assert grid["lion"]["lr"] == [pytest.approx(3.5e-4), pytest.approx(1.4e-3)]
+    assert grid["lion"]["weight_decay"] == [pytest.approx(2.7), pytest.approx(8.1)]
+    assert grid["adamw"]["lr"] == [pytest.approx(2e-3), pytest.approx(8e-3)]
+    assert grid["adamw"]["weight_decay"] == [pytest.approx(0.1), pytest.approx(0.3)]
+    capsys.readouterr()
+
+
 def test_sweep_batch_sizes_step_matched_with_the_lr_retuned_per_batch(tmp_path, text_file, capsys):
     """--batch-budget steps: every batch size takes --steps steps; with an lr grid, each point is the grid's best run at
     that batch size (checked against the runs in the JSON) and says which lr multiplier won."""

@@ -205,6 +205,9 @@ def test_toy_numbers(capsys, files, argv, fragment):
         (["--batch-sizes", "2.5"], "must be positive integers"),
         (["--batch-sizes", "0"], "invalid value '0'"),
         (["--batch-budget", "steps"], "--batch-budget applies only to the batch-size ablation: give --batch-sizes too"),
+        (["--lion-lr", "0"], "invalid --lion-lr 0: must be a finite number > 0"),
+        (["--lion-lr", "nan"], "invalid --lion-lr nan"),
+        (["--lion-weight-decay", "-0.1"], "invalid --lion-weight-decay -0.1: must be a finite number >= 0"),
     ],
 )
 def test_sweep_grids(capsys, files, argv, fragment):

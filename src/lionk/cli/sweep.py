@@ -2,7 +2,9 @@
 
 Each optimizer is run on the task of lionk compare (same model, data, schedule, initial weights and
 batches) over a grid centred on its own setting: AdamW's --lr and --weight-decay, Lion's
-from_adamw(lr, wd, factor); grid points are the centre times --lr-multipliers and --wd-multipliers.
+from_adamw(lr, wd, factor) or --lion-lr and --lion-weight-decay; grid points are the centre times
+--lr-multipliers and --wd-multipliers. To compare how robust the two are, centre each grid on its own
+tuned point (--lr, --weight-decay, --lion-lr, --lion-weight-decay) and give both the same multipliers.
 The final validation loss of every run is drawn as two heatmaps side by side on one colour scale
 (sweep.png); a diverged run shows as a grey cell.
 
@@ -30,7 +32,7 @@ from pathlib import Path
 
 from . import CLIError
 from ._deps import pyplot, require
-from .checks import output_dir
+from .checks import number, output_dir
 from .compare import FINAL_LOSSES, add_task_arguments, settings_from
 from .data import load_corpus
 from .machine import machine
@@ -45,9 +47,19 @@ LR_GRID, WD_GRID = "0.333,1,3", "0.1,1,10"
 QUICK_HELP = "18 runs with the default grid, about 30 s on 2 quiet CPU cores"
 
 
-def _centre(name: str, settings: Settings) -> tuple[float, float]:
-    hp = hyperparameters(OptimSpec(name, name), settings)
-    return hp["lr"], hp["weight_decay"]
+Centres = dict[str, tuple[float, float]]
+
+
+def centres_from(settings: Settings, lion_lr: float | None, lion_wd: float | None) -> Centres:
+    """Each optimizer's grid centre (lr, weight decay): AdamW's --lr and --weight-decay; Lion's --lion-lr and
+    --lion-weight-decay where given, else from_adamw(lr, wd, factor) = (lr / factor, wd * factor)."""
+    centres = {}
+    for name in OPTIMIZERS:
+        hp = hyperparameters(OptimSpec(name, name), settings)
+        centres[name] = (hp["lr"], hp["weight_decay"])
+    lr0, wd0 = centres["lion"]
+    centres["lion"] = (lr0 if lion_lr is None else lion_lr, wd0 if lion_wd is None else lion_wd)
+    return centres
 
 
 def _spec(name: str, lr: float, wd: float) -> OptimSpec:
@@ -70,17 +82,19 @@ class Point:
         return [Job(spec, dataclasses.replace(self.settings, seed=seed), run_name(self.name, seed, seeds)) for seed in seeds]
 
 
-def grid_points(settings: Settings, lr_mults: list[float], wd_mults: list[float]) -> list[Point]:
+def grid_points(settings: Settings, centres: Centres, lr_mults: list[float], wd_mults: list[float]) -> list[Point]:
     """Every (optimizer, wd, lr) of the grids, weight decays outer, learning rates inner: the centre times the multipliers."""
     points = []
     for name in OPTIMIZERS:
-        lr0, wd0 = _centre(name, settings)
+        lr0, wd0 = centres[name]
         for wd in (wd0 * m for m in wd_mults):
             points += [Point(name, lr, wd, settings, _spec(name, lr, wd).label) for lr in (lr0 * m for m in lr_mults)]
     return points
 
 
-def batch_points(settings: Settings, batch_sizes: list[int], lr_mults: list[float], wd_mults: list[float], budget: str) -> list[Point]:
+def batch_points(
+    settings: Settings, centres: Centres, batch_sizes: list[int], lr_mults: list[float], wd_mults: list[float], budget: str
+) -> list[Point]:
     """At every batch size, each optimizer's grid (its centre times the multipliers), trained for --steps steps
     (budget "steps") or on the tokens of --steps x --batch-size (budget "tokens")."""
     tokens = settings.steps * settings.batch_size
@@ -89,7 +103,7 @@ def batch_points(settings: Settings, batch_sizes: list[int], lr_mults: list[floa
         steps = settings.steps if budget == "steps" else max(1, round(tokens / b))
         s = dataclasses.replace(settings, batch_size=b, steps=steps, eval_interval=steps, warmup=min(settings.warmup, steps // 10))
         for name in OPTIMIZERS:
-            lr0, wd0 = _centre(name, settings)
+            lr0, wd0 = centres[name]
             for wd in (wd0 * m for m in wd_mults):
                 points += [Point(name, lr, wd, s, f"{_spec(name, lr, wd).label} batch {b}") for lr in (lr0 * m for m in lr_mults)]
     return points
@@ -112,7 +126,7 @@ def summarize(points: list[Point], runs: list[list[RunResult]]) -> list[dict]:
     ]
 
 
-def grid_from(summary: list[dict], settings: Settings, lr_mults: list[float]) -> dict:
+def grid_from(summary: list[dict], centres: Centres, lr_mults: list[float]) -> dict:
     """Per optimizer, its lrs and weight decays, its centre, and the final validation loss: mean (val_loss) and sample
     standard deviation (val_loss_sd, None for one seed) over the seeds; rows are weight decays, columns learning rates."""
     grids = {}
@@ -124,7 +138,7 @@ def grid_from(summary: list[dict], settings: Settings, lr_mults: list[float]) ->
             "weight_decay": [row[0]["weight_decay"] for row in rows],
             "val_loss": [[e["final_val"]["mean"] for e in row] for row in rows],
             "val_loss_sd": [[e["final_val"]["sd"] for e in row] for row in rows],
-            "centre": list(_centre(name, settings)),
+            "centre": list(centres[name]),
         }
     return grids
 
@@ -140,13 +154,13 @@ def best_per_batch(summary: list[dict], name: str) -> list[dict]:
     return [best[b] for b in sorted(best)]
 
 
-def batches_from(summary: list[dict], settings: Settings) -> dict:
+def batches_from(summary: list[dict], centres: Centres) -> dict:
     """Per optimizer, against batch size, its best grid point (best_per_batch): the steps, its lr and weight decay and
     their multiples of the centre (lr_multiplier, wd_multiplier), and its final validation loss, mean (val_loss) and
     sample standard deviation (val_loss_sd, None for one seed) over the seeds."""
     curves = {}
     for name in OPTIMIZERS:
-        lr0, wd0 = _centre(name, settings)
+        lr0, wd0 = centres[name]
         entries = best_per_batch(summary, name)
         curves[name] = {
             "batch_size": [e["batch_size"] for e in entries],
@@ -256,6 +270,9 @@ def run(args: argparse.Namespace) -> int:
     lr_mults = parse_float_list(args.lr_multipliers if args.lr_multipliers is not None else lr_default, "--lr-multipliers")
     wd_mults = parse_float_list(args.wd_multipliers if args.wd_multipliers is not None else wd_default, "--wd-multipliers")
     budget = args.batch_budget or "tokens"
+    lion_lr = None if args.lion_lr is None else number("--lion-lr", args.lion_lr, 0.0, low_open=True)
+    lion_wd = None if args.lion_weight_decay is None else number("--lion-weight-decay", args.lion_weight_decay, 0.0)
+    centres = centres_from(settings, lion_lr, lion_wd)
     corpus = load_corpus(args.data)
     corpus.check_context(settings.block_size)
     out = output_dir(args.out, ("sweep.png" if batch_sizes is None else "sweep_batch.png", "sweep.json"))
@@ -265,9 +282,9 @@ def run(args: argparse.Namespace) -> int:
     js = out / "sweep.json"
     head = {"command": "sweep", "corpus": corpus.source, "settings": settings.to_json(), "seeds": seeds, "machine": machine()}
     if batch_sizes is None:
-        points = grid_points(settings, lr_mults, wd_mults)
+        points = grid_points(settings, centres, lr_mults, wd_mults)
     else:
-        points = batch_points(settings, batch_sizes, lr_mults, wd_mults, budget)
+        points = batch_points(settings, centres, batch_sizes, lr_mults, wd_mults, budget)
     jobs = [job for point in points for job in point.jobs(seeds)]
     record = Record(js, head, jobs, recorded_runs(js, head) if args.resume else [])
     workers = worker_count(args.jobs, len(record.missing(jobs)))
@@ -282,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
     if len(seeds) > 1:
         print(f"final validation loss: mean ± sample standard deviation over {len(seeds)} seeds")
     if batch_sizes is None:
-        grids = grid_from(summary, settings, lr_mults)
+        grids = grid_from(summary, centres, lr_mults)
         png = out / "sweep.png"
         title = f"{source}: {settings.steps} steps at batch {settings.batch_size}, model {settings.n_layer}x{settings.n_embd}"
         plot_grid(grids, title, png, len(seeds))
@@ -299,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
                 f"worst {plus_minus(worst['final_val'])}"
             )
     else:
-        curves = batches_from(summary, settings)
+        curves = batches_from(summary, centres)
         png = out / "sweep_batch.png"
         tuned = len(lr_mults) * len(wd_mults) > 1
         if budget == "steps":
@@ -350,6 +367,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=("tokens", "steps"),
         help="with --batch-sizes: every batch size trains on the tokens of --steps x --batch-size (tokens, the default) "
         "or for --steps steps (steps)",
+    )
+    parser.add_argument(
+        "--lion-lr",
+        type=float,
+        metavar="X",
+        help="Lion's centre lr, > 0 (default: --lr / --factor, from_adamw's): centre each grid on its own tuned point",
+    )
+    parser.add_argument(
+        "--lion-weight-decay",
+        type=float,
+        metavar="X",
+        help="Lion's centre weight decay, >= 0 (default: --weight-decay x --factor, from_adamw's)",
     )
     add_task_arguments(
         parser,
