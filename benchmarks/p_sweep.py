@@ -127,11 +127,13 @@ def main() -> None:
         ax_grid.plot(sorted(by_p), [by_p[p] for p in sorted(by_p)], "o-", label=f"lr {lr:.3g}, wd {wd:.3g}")
     ax_grid.set(xlabel="p (Lion-lp: K(x) = ||x||_p; p = 1 is Lion)", ylabel=f"final validation loss (seed {first})")
     ax_grid.set_title(f"{task}\nthe lr grid, rescaled directions (match_sign_rms=True)")
-    for (p, matched), by_setting in sorted(grid.items()):
-        if matched or p == 1.0:
-            continue
-        points = sorted((lr, losses[first]) for (lr, _), losses in by_setting.items() if first in losses)
-        ax_lr.plot([lr for lr, _ in points], [v for _, v in points], "o-", label=f"p = {p:g}")
+    unscaled = sorted(p for p, matched in grid if not matched and p != 1.0)
+    for colour, p in enumerate(unscaled):  # one colour per p, one marker per weight decay
+        by_setting = grid[(p, False)]
+        for marker, wd in zip("os^D", sorted({wd for _, wd in by_setting})):
+            points = sorted((lr, losses[first]) for (lr, w), losses in by_setting.items() if w == wd and first in losses)
+            style = dict(color=f"C{colour}", marker=marker, label=f"p = {p:g}, wd {wd:.3g}")
+            ax_lr.plot([lr for lr, _ in points], [v for _, v in points], "-", **style)
     ax_lr.set(xscale="log", xlabel="peak lr", ylabel=f"final validation loss (seed {first})")
     ax_lr.set_title("the lr grid, unscaled directions (match_sign_rms=False)")
     for matched in (True, False):
