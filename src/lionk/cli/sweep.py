@@ -232,15 +232,18 @@ def plot_grid(grids: dict, title: str, path: Path, seeds: int) -> None:
 def plot_batches(curves: dict, title: str, path: Path, seeds: int, budget: str, tuned: bool) -> None:
     """Final validation loss against batch size (log axis, one tick per batch size), one line per optimizer; with several
     seeds, the mean over them with error bars of ± one sample standard deviation; with a grid per batch size (tuned),
-    each point is the grid's best and is labelled with its lr multiplier."""
+    each point is the grid's best and is labelled with its lr (and its weight decay, when that was tuned too); a weight
+    decay that is the same at every point is named in the legend."""
     plt = pyplot("sweep")
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
     for name, c in curves.items():
-        label = name + (" (best of its lr grid)" if tuned else "")
+        one_wd = len(set(c["weight_decay"])) == 1
+        label = name + (f", wd {c['weight_decay'][0]:.3g}" if one_wd else "") + (" (best of its grid)" if tuned else "")
         ax.errorbar(c["batch_size"], c["val_loss"], yerr=c["val_loss_sd"] if seeds > 1 else None, fmt="o-", capsize=4, label=label)
         if tuned:
-            for b, v, m in zip(c["batch_size"], c["val_loss"], c["lr_multiplier"]):
-                ax.annotate(f"lr x{m:.3g}", (b, v), textcoords="offset points", xytext=(6, 4), fontsize=8)
+            for b, v, lr, wd in zip(c["batch_size"], c["val_loss"], c["lr"], c["weight_decay"]):
+                text = f"lr {lr:.3g}" + ("" if one_wd else f", wd {wd:.3g}")
+                ax.annotate(text, (b, v), textcoords="offset points", xytext=(6, 4), fontsize=8)
     sizes = curves[OPTIMIZERS[0]]["batch_size"]
     ylabel = "final validation loss" + (f" (mean of {seeds} seeds, bars ± 1 sd)" if seeds > 1 else "")
     matched = "the same number of steps" if budget == "steps" else "the same number of tokens"
