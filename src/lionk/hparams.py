@@ -27,7 +27,8 @@ from typing import Any
 __all__ = ["from_adamw", "DEFAULT_FACTOR", "FACTOR_RANGE", "STABLE_BETAS", "MIN_BATCH_SIZE", "WorkedPair", "WORKED_PAIRS"]
 
 #: Default lr divisor / weight-decay multiplier. The lower end of the authors' 3-10 range: lion-pytorch's
-#: author reports lr/3 beating Adam and lr/10 doing worse, and the low end is the safer first try.
+#: author reports lr/3 beating Adam and lr/10 doing worse, and with both tuned on lionk's own task (RESULTS.md)
+#: Lion's best lr was AdamW's best / 3.
 DEFAULT_FACTOR = 3.0
 #: The range the authors recommend for the factor.
 FACTOR_RANGE = (3.0, 10.0)
