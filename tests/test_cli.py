@@ -441,19 +441,23 @@ def test_run_records_the_diagnostics_of_lion_runs_only(text_file):
     assert train(OptimSpec("adamw", "adamw"), corpus, s, init).diagnostics == []
 
 
-def test_compare_png_has_a_legend_in_each_panel(tmp_path, text_file, monkeypatch):
+def test_compare_png_names_every_contender_with_its_final_loss(tmp_path, text_file, monkeypatch):
+    """One legend below both panels: a line per contender, its label and its final validation loss as in the JSON."""
+    import json
+
     import matplotlib.figure
 
     legends = []
     save = matplotlib.figure.Figure.savefig
 
     def spy(fig, *args, **kwargs):
-        legends.extend(ax.get_legend() is not None for ax in fig.axes)
+        legends.append([[t.get_text() for t in legend.get_texts()] for legend in fig.legends])
         return save(fig, *args, **kwargs)
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
     assert main(["compare", "--data", str(text_file), "--optim", "lion,adamw", "--out", str(tmp_path), *TINY]) == 0
-    assert legends == [True, True]
+    runs = json.loads((tmp_path / "compare.json").read_text())["runs"]
+    assert legends == [[[f"{r['label']}: final val {r['val_loss'][-1][1]:.4f}" for r in runs]]]
 
 
 # -- seeds, processes, resume ---------------------------------------------------------------------------------------
@@ -557,8 +561,10 @@ def test_plots_with_seeds_show_their_spread(tmp_path, text_file, monkeypatch, ca
     assert main(["sweep", "--lr-multipliers", "1,3", "--wd-multipliers", "1", *common]) == 0
     assert main(["sweep", "--batch-sizes", "2,4", *common]) == 0
     compare, grid, batches = figures
-    for ax in compare.axes:
-        assert len(ax.collections) == 2 and "band ± 1 sd" in ax.get_legend().get_title().get_text()
+    assert all(len(ax.collections) == 2 for ax in compare.axes)
+    (legend,) = compare.legends
+    assert "band ± 1 sd" in legend.get_title().get_text()
+    assert all(" ± " in t.get_text().split("final val ")[1] for t in legend.get_texts())
     cells = [t.get_text() for ax in grid.axes[:2] for t in ax.texts]
     assert len(cells) == 4 and all("\n± " in t for t in cells) and "2 seeds" in grid.texts[0].get_text()
     assert [c.has_yerr for c in batches.axes[0].containers] == [True, True]

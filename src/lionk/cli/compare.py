@@ -328,19 +328,23 @@ def _mean_and_sd(curves: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor 
 
 
 def plot_curves(results: list[RunResult], title: str, path: Path, command: str) -> None:
-    """Training loss (smoothed batch loss) and validation loss against step, one line per contender, a legend in each
-    panel; with several seeds the line is the mean over them and a band spans ± one sample standard deviation."""
+    """Training loss (smoothed batch loss) and validation loss against step, one line per contender; with several seeds
+    the line is the mean over them and a band spans ± one sample standard deviation. One legend below both panels
+    names each contender with its final validation loss (mean ± sd over the seeds), so labels of any length fit."""
     plt = pyplot(command)
     groups = by_label(results)
     seeds = [r.seed for r in next(iter(groups.values()))]
-    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True, layout="constrained")
+    legend_cols = 2 if len(groups) > 1 and max(map(len, groups)) <= 40 else 1  # long labels take the full width
+    legend_rows = -(-len(groups) // legend_cols)
+    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11, 4.6 + 0.25 * legend_rows), sharey=True, layout="constrained")
     for label, runs in groups.items():
         train, train_sd = _mean_and_sd([_smoothed(r.step_loss) for r in runs])
         steps = torch.arange(1, len(train) + 1)
-        (line,) = ax_train.plot(steps, train, lw=1.2, label=label)
         val, val_sd = _mean_and_sd([[v for _, v in r.val_loss] for r in runs])
+        final = f"{val[-1]:.4f}" + (f" ± {val_sd[-1]:.4f}" if val_sd is not None else "")
+        (line,) = ax_train.plot(steps, train, lw=1.2, label=f"{label}: final val {final}")
         val_steps = [s for s, _ in runs[0].val_loss][: len(val)]
-        ax_val.plot(val_steps, val, "o-", ms=4, color=line.get_color(), label=label)
+        ax_val.plot(val_steps, val, "o-", ms=4, color=line.get_color())
         for ax, x, mean, sd in ((ax_train, steps, train, train_sd), (ax_val, val_steps, val, val_sd)):
             if sd is not None:
                 ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.2, lw=0)
@@ -349,7 +353,8 @@ def plot_curves(results: list[RunResult], title: str, path: Path, command: str) 
     several = len(seeds) > 1
     for ax in (ax_train, ax_val):
         ax.grid(alpha=0.3)
-        ax.legend(title=f"optimizer: mean of {len(seeds)} seeds, band ± 1 sd" if several else "optimizer")
+    legend_title = f"optimizer: mean of {len(seeds)} seeds, band ± 1 sd" if several else "optimizer"
+    fig.legend(loc="outside lower center", ncols=legend_cols, title=legend_title, fontsize=9)
     if several:
         title += f"\nlines: mean over seeds {seeds[0]}..{seeds[-1]}; bands: ± one sample standard deviation across the seeds"
     fig.suptitle(title)
