@@ -236,14 +236,15 @@ def plot_batches(curves: dict, title: str, path: Path, seeds: int, budget: str, 
     decay that is the same at every point is named in the legend."""
     plt = pyplot("sweep")
     fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
-    for name, c in curves.items():
+    for i, (name, c) in enumerate(curves.items()):
         one_wd = len(set(c["weight_decay"])) == 1
         label = name + (f", wd {c['weight_decay'][0]:.3g}" if one_wd else "") + (" (best of its grid)" if tuned else "")
         ax.errorbar(c["batch_size"], c["val_loss"], yerr=c["val_loss_sd"] if seeds > 1 else None, fmt="o-", capsize=4, label=label)
         if tuned:
             for b, v, lr, wd in zip(c["batch_size"], c["val_loss"], c["lr"], c["weight_decay"]):
                 text = f"lr {lr:.3g}" + ("" if one_wd else f", wd {wd:.3g}")
-                ax.annotate(text, (b, v), textcoords="offset points", xytext=(6, 4), fontsize=8)
+                offset = (6, 4) if i == 0 else (6, -12)  # the first optimizer's labels above its points, the second's below
+                ax.annotate(text, (b, v), textcoords="offset points", xytext=offset, fontsize=8)
     sizes = curves[OPTIMIZERS[0]]["batch_size"]
     ylabel = "final validation loss" + (f" (mean of {seeds} seeds, bars ± 1 sd)" if seeds > 1 else "")
     matched = "the same number of steps" if budget == "steps" else "the same number of tokens"
