@@ -341,7 +341,7 @@ def plot_curves(results: list[RunResult], title: str, path: Path, command: str) 
         train, train_sd = _mean_and_sd([_smoothed(r.step_loss) for r in runs])
         steps = torch.arange(1, len(train) + 1)
         val, val_sd = _mean_and_sd([[v for _, v in r.val_loss] for r in runs])
-        final = f"{val[-1]:.4f}" + (f" ± {val_sd[-1]:.4f}" if val_sd is not None else "")
+        final = plus_minus(spread([r.final_val for r in runs]))  # as the table prints it
         (line,) = ax_train.plot(steps, train, lw=1.2, label=f"{label}: final val {final}")
         val_steps = [s for s, _ in runs[0].val_loss][: len(val)]
         ax_val.plot(val_steps, val, "o-", ms=4, color=line.get_color())
